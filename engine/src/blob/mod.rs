@@ -1,0 +1,226 @@
+//! The content-addressed blob store: tarball bytes named by their blake3 digest.
+//!
+//! Layout: `<root>/<hex[0..2]>/<hex[2..4]>/<hex>`; temp files in `<root>/tmp/`.
+//! Invariants: a blob file, once renamed into place, is never modified; its content hashes to
+//! its name (checked by `read`, so a torn or corrupted file is reported, never served);
+//! identical bytes are stored once. Paths are built only from a `BlobId`, never from request
+//! input, so no URL can name a file outside the store.
+//!
+//! `BlobStore` is `Sync`: any core may read; writes happen on shard writer threads.
+
+mod id;
+mod write;
+
+pub use id::{BlobId, BLOB_ID_BYTES};
+pub(crate) use write::{create_dir_durable, sync_dir};
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// What can go wrong in the blob store.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("blob {id} is not in the store")]
+    NotFound { id: BlobId },
+    #[error("blob {id} is corrupt: {detail}")]
+    Corrupt { id: BlobId, detail: String },
+    #[error("blob store I/O error during {op} on {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+impl BlobError {
+    /// True when the underlying cause is a full disk (or quota).
+    #[must_use]
+    pub fn is_storage_full(&self) -> bool {
+        matches!(self, BlobError::Io { source, .. } if crate::error::is_storage_full(source))
+    }
+}
+
+/// A directory of write-once blobs.
+#[derive(Debug)]
+pub struct BlobStore {
+    root: PathBuf,
+    tmp: PathBuf,
+}
+
+impl BlobStore {
+    /// Opens (creating if needed) the store at `root` and clears temp files left by a crash.
+    ///
+    /// # Errors
+    /// I/O errors creating or listing the directories.
+    pub fn open(root: &Path) -> Result<BlobStore, BlobError> {
+        let tmp = root.join("tmp");
+        let io_err = |op, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| BlobError::Io { op, path, source }
+        };
+        create_dir_durable(&tmp).map_err(io_err("create", &tmp))?;
+        for entry in fs::read_dir(&tmp).map_err(io_err("list", &tmp))? {
+            let entry = entry.map_err(io_err("list", &tmp))?;
+            // Temp files are never referenced by metadata: a crash left them half-written.
+            let _ = fs::remove_file(entry.path());
+        }
+        Ok(BlobStore {
+            root: root.to_path_buf(),
+            tmp,
+        })
+    }
+
+    /// The root directory.
+    #[must_use]
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The file that holds (or would hold) blob `id`.
+    #[must_use]
+    pub fn path_of(&self, id: &BlobId) -> PathBuf {
+        let hex = id.to_hex();
+        self.root.join(&hex[0..2]).join(&hex[2..4]).join(hex)
+    }
+
+    /// True when blob `id` is stored.
+    #[must_use]
+    pub fn has(&self, id: &BlobId) -> bool {
+        self.path_of(id).is_file()
+    }
+
+    /// Stores `bytes`, whose blake3 digest the caller computed as `id` (checked in debug
+    /// builds; release builds trust the caller, which hashed the same bytes). Returns once the
+    /// blob is durable. Storing bytes that are already present is a no-op.
+    /// Blocks: fsync (file and directory).
+    ///
+    /// # Errors
+    /// I/O errors; a full disk is reported by `BlobError::is_storage_full`.
+    pub fn write(&self, id: &BlobId, bytes: &[u8]) -> Result<(), BlobError> {
+        debug_assert_eq!(BlobId::of(bytes), *id, "caller passed a wrong blob id");
+        let path = self.path_of(id);
+        if path.is_file() {
+            return Ok(());
+        }
+        let dir = path
+            .parent()
+            .expect("blob paths always have a fan-out parent");
+        create_dir_durable(dir).map_err(|source| BlobError::Io {
+            op: "create",
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        write::write_durable(&self.tmp, &path, bytes).map_err(|source| BlobError::Io {
+            op: "write",
+            path: path.clone(),
+            source,
+        })
+    }
+
+    /// Reads blob `id` and verifies that its bytes hash to `id`.
+    ///
+    /// # Errors
+    /// `NotFound`, `Corrupt` when the content does not match its name, or `Io`.
+    pub fn read(&self, id: &BlobId) -> Result<Vec<u8>, BlobError> {
+        let path = self.path_of(id);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(BlobError::NotFound { id: *id });
+            }
+            Err(source) => {
+                return Err(BlobError::Io {
+                    op: "read",
+                    path,
+                    source,
+                })
+            }
+        };
+        verify(id, &bytes)?;
+        Ok(bytes)
+    }
+
+    /// Lists every stored blob id (for fsck and metrics). Not for request paths.
+    ///
+    /// # Errors
+    /// I/O errors listing directories.
+    pub fn list(&self) -> Result<Vec<BlobId>, BlobError> {
+        let mut ids = Vec::new();
+        let io_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| BlobError::Io {
+                op: "list",
+                path,
+                source,
+            }
+        };
+        for outer in fs::read_dir(&self.root).map_err(io_err(&self.root))? {
+            let outer = outer.map_err(io_err(&self.root))?.path();
+            if outer == self.tmp || !outer.is_dir() {
+                continue;
+            }
+            for inner in fs::read_dir(&outer).map_err(io_err(&outer))? {
+                let inner = inner.map_err(io_err(&outer))?.path();
+                for file in fs::read_dir(&inner).map_err(io_err(&inner))? {
+                    let file = file.map_err(io_err(&inner))?;
+                    if let Some(id) = file.file_name().to_str().and_then(BlobId::from_hex) {
+                        ids.push(id);
+                    }
+                }
+            }
+        }
+        ids.sort_unstable();
+        Ok(ids)
+    }
+}
+
+/// Checks that `bytes` hash to `id`.
+///
+/// # Errors
+/// `Corrupt` naming the digest actually found.
+pub fn verify(id: &BlobId, bytes: &[u8]) -> Result<(), BlobError> {
+    let actual = BlobId::of(bytes);
+    if actual == *id {
+        Ok(())
+    } else {
+        Err(BlobError::Corrupt {
+            id: *id,
+            detail: format!("content hashes to {actual} ({} bytes)", bytes.len()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_read_dedupe_and_detect_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let bytes = b"tarball bytes".to_vec();
+        let id = BlobId::of(&bytes);
+        assert!(!store.has(&id));
+        store.write(&id, &bytes).unwrap();
+        store.write(&id, &bytes).unwrap();
+        assert_eq!(store.read(&id).unwrap(), bytes);
+        assert_eq!(store.list().unwrap(), vec![id]);
+        fs::write(store.path_of(&id), b"tarball bytez").unwrap();
+        assert!(matches!(store.read(&id), Err(BlobError::Corrupt { .. })));
+        let missing = BlobId::of(b"other");
+        assert!(matches!(
+            store.read(&missing),
+            Err(BlobError::NotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn open_clears_leftover_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(BlobStore::open(dir.path()).unwrap());
+        fs::write(dir.path().join("tmp").join("123-0.tmp"), b"half").unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        assert_eq!(fs::read_dir(&store.tmp).unwrap().count(), 0);
+    }
+}

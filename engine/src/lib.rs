@@ -1,0 +1,25 @@
+//! AgentRegistry storage engine. Storage only: no HTTP, no sockets, no request types.
+//!
+//! A data directory (`data_dir`) holds N shards (`shard`), each one redb file owned by a single
+//! writer, a content-addressed blob store (`blob`) for tarballs, an auth database (`auth`) and
+//! the config record (`config_record`). A package lives in shard `xxh3(name) % N`.
+//!
+//! Write path: the server parses a publish (`publish::parse_publish`: pure, on any core), sends
+//! it to the shard's writer, which calls `ShardStore::apply_batch`: plan each op
+//! (`publish::plan_*`, pure), write blobs durably, store the package and its pre-rendered
+//! served record (`served`), commit once for the batch.
+//! Read path: `ShardStore::read_served` returns pre-rendered documents; nothing is parsed or
+//! rendered per request.
+
+pub mod auth;
+pub mod blob;
+pub mod config_record;
+pub mod data_dir;
+pub mod error;
+pub mod integrity;
+pub mod limits;
+pub mod names;
+pub mod packument;
+pub mod publish;
+pub mod served;
+pub mod shard;

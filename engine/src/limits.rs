@@ -1,0 +1,19 @@
+//! Every bound the engine enforces, as a const. Going over a limit is an error for the client,
+//! never a panic.
+
+/// npm's maximum package name length, scope included.
+pub const PACKAGE_NAME_BYTES_MAX: usize = 214;
+/// Longest version string accepted (node-semver's MAX_LENGTH).
+pub const VERSION_BYTES_MAX: usize = 256;
+/// Longest dist-tag name accepted.
+pub const DIST_TAG_BYTES_MAX: usize = 128;
+/// Largest tarball accepted on publish, in bytes (decoded).
+pub const TARBALL_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Most versions one package may hold.
+pub const VERSIONS_PER_PACKAGE_MAX: usize = 10_000;
+/// Longest excerpt of a rejected input quoted back in an error message, in characters; the
+/// rest is only counted, so an error message stays short whatever the client sent.
+pub const ERROR_INPUT_CHARS_MAX: usize = 100;
+/// Largest major, minor or patch number a version may have: JavaScript's
+/// `Number.MAX_SAFE_INTEGER`, the largest node-semver (and so every npm client) accepts.
+pub const VERSION_COMPONENT_MAX: u64 = (1 << 53) - 1;

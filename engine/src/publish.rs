@@ -1,0 +1,682 @@
+//! Publishing: parse npm's publish document (`PUT /NAME`), then plan the change to a stored
+//! package. Both steps are pure: `parse_publish` turns untrusted bytes into validated values
+//! (names, versions, decoded tarballs with verified checksums), and the `plan_*` functions
+//! compute the next `StoredPackage` or refuse. `ShardStore` applies plans.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::SystemTime;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::blob::BlobId;
+use crate::integrity::{self, IntegrityError};
+use crate::limits;
+use crate::names::{DistTag, DistTagError, NameError, PackageName, Version, VersionError};
+use crate::packument::{StoredPackage, TarballRef};
+
+/// Why a publish (or a dist-tag change) was refused. Each variant maps to one HTTP status in
+/// the server's `api_error.rs`.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("the publish body is not valid JSON: {detail}")]
+    MalformedJson { detail: String },
+    #[error("the publish body is missing {field}")]
+    Missing { field: &'static str },
+    #[error("{field} is not of the expected type: {detail}")]
+    WrongType { field: String, detail: &'static str },
+    #[error("package name in the URL ({url:?}) and in the body ({body:?}) differ")]
+    NameMismatch { url: String, body: String },
+    #[error("invalid package name: {0}")]
+    InvalidName(#[from] NameError),
+    #[error("invalid version: {0}")]
+    InvalidVersion(#[from] VersionError),
+    #[error("invalid dist-tag: {0}")]
+    InvalidDistTag(#[from] DistTagError),
+    #[error("version key {key:?} and manifest version {manifest:?} differ")]
+    VersionMismatch { key: String, manifest: String },
+    #[error("no tarball attachment for version {version}")]
+    MissingAttachment { version: String },
+    #[error("{count} attachments for {versions} new versions: each version needs exactly one")]
+    AttachmentCount { count: usize, versions: usize },
+    #[error("attachment {file:?} is not valid base64")]
+    BadBase64 { file: String },
+    #[error("attachment {file:?} declares length {declared} but decodes to {actual} bytes")]
+    LengthMismatch {
+        file: String,
+        declared: u64,
+        actual: usize,
+    },
+    #[error("tarball of {size} bytes exceeds the limit of {max} bytes")]
+    TarballTooLarge { size: usize, max: usize },
+    #[error("the publish body has no versions")]
+    NoVersions,
+    #[error("{0}")]
+    Integrity(#[from] IntegrityError),
+    #[error("{name}@{version} already exists with different content; versions are immutable")]
+    VersionExists { name: String, version: String },
+    #[error("{name}@{version} was published before and unpublished; it cannot be reused")]
+    VersionReused { name: String, version: String },
+    #[error("user {user:?} is not a maintainer of {name}")]
+    NotMaintainer { name: String, user: String },
+    #[error("package {name} not found")]
+    PackageNotFound { name: String },
+    #[error("version {version} of {name} does not exist")]
+    VersionNotFound { name: String, version: String },
+    #[error("dist-tag {tag:?} does not exist on {name}")]
+    TagNotFound { name: String, tag: String },
+    #[error("the latest dist-tag cannot be removed")]
+    LatestTagRequired,
+    #[error("{name} would have {count} versions, over the limit of {max}")]
+    TooManyVersions {
+        name: String,
+        count: usize,
+        max: usize,
+    },
+}
+
+/// One new version in a publish: manifest and decoded, verified tarball.
+#[derive(Debug)]
+pub struct NewVersion {
+    pub version: Version,
+    pub manifest: Map<String, Value>,
+    pub tarball: Vec<u8>,
+    pub blob: BlobId,
+    pub checksums: integrity::Checksums,
+}
+
+/// A validated publish request.
+#[derive(Debug)]
+pub struct PublishRequest {
+    pub name: PackageName,
+    pub versions: Vec<NewVersion>,
+    pub dist_tags: Vec<(DistTag, Version)>,
+}
+
+#[derive(Deserialize)]
+struct RawBody {
+    #[serde(rename = "_id")]
+    id: Option<Value>,
+    name: Option<Value>,
+    #[serde(rename = "dist-tags")]
+    dist_tags: Option<Value>,
+    versions: Option<Value>,
+    #[serde(rename = "_attachments")]
+    attachments: Option<Value>,
+}
+
+/// Parses and validates npm's publish document for the package named in the URL. Every tarball
+/// is base64-decoded, checked against its declared length and checksums, and hashed (blake3).
+/// `body` is modified in place (simd-json parses destructively).
+///
+/// # Errors
+/// The first problem found, as a `PublishError` naming it.
+pub fn parse_publish(
+    url_name: &PackageName,
+    body: &mut [u8],
+) -> Result<PublishRequest, PublishError> {
+    let raw: RawBody =
+        simd_json::serde::from_slice(body).map_err(|e| PublishError::MalformedJson {
+            detail: truncate(&e.to_string()),
+        })?;
+    for (field, value) in [("name", &raw.name), ("_id", &raw.id)] {
+        match value {
+            None => {}
+            Some(Value::String(s)) if s == url_name.as_str() => {}
+            Some(Value::String(s)) => {
+                return Err(PublishError::NameMismatch {
+                    url: url_name.as_str().to_owned(),
+                    body: truncate(s),
+                })
+            }
+            Some(_) => return Err(wrong_type(field, "expected a string")),
+        }
+    }
+    let versions = match raw.versions {
+        Some(Value::Object(v)) => v,
+        None => return Err(PublishError::Missing { field: "versions" }),
+        Some(_) => return Err(wrong_type("versions", "expected an object")),
+    };
+    if versions.is_empty() {
+        return Err(PublishError::NoVersions);
+    }
+    let mut attachments = match raw.attachments {
+        Some(Value::Object(a)) => a,
+        None => {
+            return Err(PublishError::Missing {
+                field: "_attachments",
+            })
+        }
+        Some(_) => return Err(wrong_type("_attachments", "expected an object")),
+    };
+    if attachments.len() != versions.len() {
+        return Err(PublishError::AttachmentCount {
+            count: attachments.len(),
+            versions: versions.len(),
+        });
+    }
+    let single = versions.len() == 1;
+    let mut new_versions = Vec::with_capacity(versions.len());
+    for (key, manifest) in versions {
+        let version = Version::parse(&key)?;
+        let Value::Object(manifest) = manifest else {
+            return Err(wrong_type(
+                &format!("versions[{key}]"),
+                "expected an object",
+            ));
+        };
+        check_manifest(url_name, &key, &manifest)?;
+        let file_key = pick_attachment(&attachments, url_name, &version, single)?;
+        let attachment = attachments
+            .remove(&file_key)
+            .expect("pick_attachment returned a key");
+        new_versions.push(decode_version(version, manifest, &file_key, &attachment)?);
+    }
+    let dist_tags = parse_dist_tags(raw.dist_tags)?;
+    Ok(PublishRequest {
+        name: url_name.clone(),
+        versions: new_versions,
+        dist_tags,
+    })
+}
+
+fn check_manifest(
+    url_name: &PackageName,
+    key: &str,
+    manifest: &Map<String, Value>,
+) -> Result<(), PublishError> {
+    match manifest.get("name") {
+        Some(Value::String(n)) if n == url_name.as_str() => {}
+        Some(Value::String(n)) => {
+            return Err(PublishError::NameMismatch {
+                url: url_name.as_str().to_owned(),
+                body: truncate(n),
+            })
+        }
+        Some(_) => return Err(wrong_type("versions[].name", "expected a string")),
+        None => {
+            return Err(PublishError::Missing {
+                field: "versions[].name",
+            })
+        }
+    }
+    match manifest.get("version") {
+        Some(Value::String(v)) if v == key => Ok(()),
+        Some(Value::String(v)) => Err(PublishError::VersionMismatch {
+            key: truncate(key),
+            manifest: truncate(v),
+        }),
+        Some(_) => Err(wrong_type("versions[].version", "expected a string")),
+        None => Err(PublishError::Missing {
+            field: "versions[].version",
+        }),
+    }
+}
+
+/// npm names the attachment `{name}-{version}.tgz` (scope included); older clients used the
+/// basename. A single version with a single attachment pairs regardless of the key.
+fn pick_attachment(
+    attachments: &Map<String, Value>,
+    name: &PackageName,
+    version: &Version,
+    single: bool,
+) -> Result<String, PublishError> {
+    let full = format!("{}-{}.tgz", name.as_str(), version.as_str());
+    let base = name.tarball_file(version);
+    for candidate in [&full, &base] {
+        if attachments.contains_key(candidate.as_str()) {
+            return Ok(candidate.clone());
+        }
+    }
+    if single {
+        if let Some(key) = attachments.keys().next() {
+            return Ok(key.clone());
+        }
+    }
+    Err(PublishError::MissingAttachment {
+        version: version.as_str().to_owned(),
+    })
+}
+
+fn decode_version(
+    version: Version,
+    manifest: Map<String, Value>,
+    file: &str,
+    attachment: &Value,
+) -> Result<NewVersion, PublishError> {
+    let Value::Object(attachment) = attachment else {
+        return Err(wrong_type("_attachments[]", "expected an object"));
+    };
+    let data = match attachment.get("data") {
+        Some(Value::String(d)) => d,
+        Some(_) => {
+            return Err(wrong_type(
+                "_attachments[].data",
+                "expected a base64 string",
+            ))
+        }
+        None => {
+            return Err(PublishError::Missing {
+                field: "_attachments[].data",
+            })
+        }
+    };
+    if data.len() / 4 * 3 > limits::TARBALL_BYTES_MAX + 3 {
+        return Err(PublishError::TarballTooLarge {
+            size: data.len() / 4 * 3,
+            max: limits::TARBALL_BYTES_MAX,
+        });
+    }
+    let tarball = base64_simd::STANDARD
+        .decode_to_vec(data.as_bytes())
+        .map_err(|_| PublishError::BadBase64 {
+            file: truncate(file),
+        })?;
+    if tarball.len() > limits::TARBALL_BYTES_MAX {
+        return Err(PublishError::TarballTooLarge {
+            size: tarball.len(),
+            max: limits::TARBALL_BYTES_MAX,
+        });
+    }
+    match attachment.get("length") {
+        None | Some(Value::Null) => {}
+        Some(Value::Number(n)) => {
+            let declared = n.as_u64().ok_or_else(|| {
+                wrong_type("_attachments[].length", "expected a non-negative integer")
+            })?;
+            if usize::try_from(declared).ok() != Some(tarball.len()) {
+                return Err(PublishError::LengthMismatch {
+                    file: truncate(file),
+                    declared,
+                    actual: tarball.len(),
+                });
+            }
+        }
+        Some(_) => return Err(wrong_type("_attachments[].length", "expected a number")),
+    }
+    let checksums = integrity::compute(&tarball);
+    let dist = manifest.get("dist").and_then(Value::as_object);
+    let claimed = |field: &str| dist.and_then(|d| d.get(field)).and_then(Value::as_str);
+    integrity::verify(
+        &checksums,
+        &tarball,
+        claimed("integrity"),
+        claimed("shasum"),
+    )?;
+    let blob = BlobId::of(&tarball);
+    Ok(NewVersion {
+        version,
+        manifest,
+        tarball,
+        blob,
+        checksums,
+    })
+}
+
+fn parse_dist_tags(raw: Option<Value>) -> Result<Vec<(DistTag, Version)>, PublishError> {
+    let tags = match raw {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Object(tags)) => tags,
+        Some(_) => return Err(wrong_type("dist-tags", "expected an object")),
+    };
+    let mut out = Vec::with_capacity(tags.len());
+    for (tag, version) in tags {
+        let Value::String(version) = version else {
+            return Err(wrong_type(
+                &format!("dist-tags[{tag}]"),
+                "expected a version string",
+            ));
+        };
+        out.push((DistTag::parse(&tag)?, Version::parse(&version)?));
+    }
+    Ok(out)
+}
+
+/// What a planned write produces.
+#[derive(Debug)]
+pub struct Plan {
+    /// The package after the change.
+    pub stored: StoredPackage,
+    /// Blobs that must be durable before the metadata commits.
+    pub blobs: Vec<(BlobId, Vec<u8>)>,
+    /// False when the request repeated an already-applied publish (idempotent retry).
+    pub changed: bool,
+}
+
+/// Plans a publish by `user` at `now` onto `current` (None for a new package).
+///
+/// Re-publishing a version with byte-identical content is an idempotent no-op (a retried
+/// request whose first answer was lost); different content is `VersionExists`.
+///
+/// # Errors
+/// `NotMaintainer`, `VersionExists`, `VersionReused`, `VersionNotFound` (a dist-tag naming a
+/// version that does not exist), `TooManyVersions`.
+pub fn plan_publish(
+    current: Option<StoredPackage>,
+    request: PublishRequest,
+    user: &str,
+    now: SystemTime,
+) -> Result<Plan, PublishError> {
+    let name = request.name.as_str().to_owned();
+    let now = humantime::format_rfc3339_millis(now).to_string();
+    let mut stored = current.unwrap_or_else(|| new_package(&request.name, user, &now));
+    check_maintainer(&stored, &name, user)?;
+    let existing: BTreeSet<String> = stored
+        .versions()
+        .map(|v| v.keys().cloned().collect())
+        .unwrap_or_default();
+    let mut blobs = Vec::new();
+    let mut added = Vec::new();
+    for mut new in request.versions {
+        let version = new.version.as_str().to_owned();
+        if existing.contains(&version) {
+            let same = stored
+                .tarballs
+                .get(&version)
+                .is_some_and(|t| t.blob == new.blob.to_hex());
+            if same {
+                continue;
+            }
+            return Err(PublishError::VersionExists { name, version });
+        }
+        if time_map(&stored).contains_key(&version) {
+            return Err(PublishError::VersionReused { name, version });
+        }
+        let file = request.name.tarball_file(&new.version);
+        let manifest = std::mem::take(&mut new.manifest);
+        let manifest = finish_manifest(manifest, &request.name, &new, &file, user);
+        stored.tarballs.insert(
+            version.clone(),
+            TarballRef {
+                file,
+                blob: new.blob.to_hex(),
+                size: new.tarball.len() as u64,
+            },
+        );
+        versions_mut(&mut stored).insert(version.clone(), Value::Object(manifest));
+        time_mut(&mut stored).insert(version.clone(), Value::String(now.clone()));
+        blobs.push((new.blob, new.tarball));
+        added.push(new.version);
+    }
+    let count = stored.versions().map_or(0, Map::len);
+    if count > limits::VERSIONS_PER_PACKAGE_MAX {
+        return Err(PublishError::TooManyVersions {
+            name,
+            count,
+            max: limits::VERSIONS_PER_PACKAGE_MAX,
+        });
+    }
+    let mut tags_changed = false;
+    for (tag, version) in &request.dist_tags {
+        if stored
+            .versions()
+            .is_none_or(|v| !v.contains_key(version.as_str()))
+        {
+            return Err(PublishError::VersionNotFound {
+                name,
+                version: version.to_string(),
+            });
+        }
+        let tags = dist_tags_mut(&mut stored);
+        if tags.get(tag.as_str()).and_then(Value::as_str) != Some(version.as_str()) {
+            tags.insert(
+                tag.as_str().to_owned(),
+                Value::String(version.as_str().to_owned()),
+            );
+            tags_changed = true;
+        }
+    }
+    if !stored
+        .doc
+        .get("dist-tags")
+        .is_some_and(|t| t.get("latest").is_some())
+    {
+        if let Some(highest) = added.iter().max_by(|a, b| a.semver().cmp(&b.semver())) {
+            dist_tags_mut(&mut stored)
+                .insert("latest".into(), Value::String(highest.as_str().to_owned()));
+            tags_changed = true;
+        }
+    }
+    let changed = !added.is_empty() || tags_changed;
+    if changed {
+        refresh_top_level(&mut stored);
+        time_mut(&mut stored).insert("modified".into(), Value::String(now));
+        stored.rev += 1;
+    }
+    Ok(Plan {
+        stored,
+        blobs,
+        changed,
+    })
+}
+
+/// Plans `dist-tag add`: point `tag` at an existing `version`.
+///
+/// # Errors
+/// `PackageNotFound`, `NotMaintainer`, `VersionNotFound`.
+pub fn plan_dist_tag_set(
+    current: Option<StoredPackage>,
+    name: &PackageName,
+    tag: &DistTag,
+    version: &Version,
+    user: &str,
+    now: SystemTime,
+) -> Result<Plan, PublishError> {
+    let mut stored = current.ok_or_else(|| not_found(name))?;
+    check_maintainer(&stored, name.as_str(), user)?;
+    if stored
+        .versions()
+        .is_none_or(|v| !v.contains_key(version.as_str()))
+    {
+        return Err(PublishError::VersionNotFound {
+            name: name.as_str().to_owned(),
+            version: version.as_str().to_owned(),
+        });
+    }
+    let tags = dist_tags_mut(&mut stored);
+    let changed = tags.get(tag.as_str()).and_then(Value::as_str) != Some(version.as_str());
+    if changed {
+        tags.insert(
+            tag.as_str().to_owned(),
+            Value::String(version.as_str().to_owned()),
+        );
+        touch(&mut stored, now);
+    }
+    Ok(Plan {
+        stored,
+        blobs: Vec::new(),
+        changed,
+    })
+}
+
+/// Plans `dist-tag rm`. Removing a tag that is already absent is `TagNotFound`; `latest`
+/// cannot be removed (clients resolve installs through it).
+///
+/// # Errors
+/// `PackageNotFound`, `NotMaintainer`, `TagNotFound`, `LatestTagRequired`.
+pub fn plan_dist_tag_remove(
+    current: Option<StoredPackage>,
+    name: &PackageName,
+    tag: &DistTag,
+    user: &str,
+    now: SystemTime,
+) -> Result<Plan, PublishError> {
+    let mut stored = current.ok_or_else(|| not_found(name))?;
+    check_maintainer(&stored, name.as_str(), user)?;
+    if tag.as_str() == "latest" {
+        return Err(PublishError::LatestTagRequired);
+    }
+    if dist_tags_mut(&mut stored).remove(tag.as_str()).is_none() {
+        return Err(PublishError::TagNotFound {
+            name: name.as_str().to_owned(),
+            tag: tag.as_str().to_owned(),
+        });
+    }
+    touch(&mut stored, now);
+    Ok(Plan {
+        stored,
+        blobs: Vec::new(),
+        changed: true,
+    })
+}
+
+fn touch(stored: &mut StoredPackage, now: SystemTime) {
+    let now = humantime::format_rfc3339_millis(now).to_string();
+    time_mut(stored).insert("modified".into(), Value::String(now));
+    stored.rev += 1;
+}
+
+fn not_found(name: &PackageName) -> PublishError {
+    PublishError::PackageNotFound {
+        name: name.as_str().to_owned(),
+    }
+}
+
+fn new_package(name: &PackageName, user: &str, now: &str) -> StoredPackage {
+    let mut doc = Map::new();
+    doc.insert("_id".into(), Value::String(name.as_str().to_owned()));
+    doc.insert("name".into(), Value::String(name.as_str().to_owned()));
+    doc.insert("dist-tags".into(), Value::Object(Map::new()));
+    doc.insert("versions".into(), Value::Object(Map::new()));
+    let mut time = Map::new();
+    time.insert("created".into(), Value::String(now.to_owned()));
+    time.insert("modified".into(), Value::String(now.to_owned()));
+    doc.insert("time".into(), Value::Object(time));
+    doc.insert("maintainers".into(), Value::Array(vec![maintainer(user)]));
+    StoredPackage {
+        rev: 0,
+        doc,
+        tarballs: BTreeMap::new(),
+    }
+}
+
+fn maintainer(user: &str) -> Value {
+    let mut m = Map::new();
+    m.insert("name".into(), Value::String(user.to_owned()));
+    Value::Object(m)
+}
+
+fn check_maintainer(stored: &StoredPackage, name: &str, user: &str) -> Result<(), PublishError> {
+    let is_maintainer = stored
+        .doc
+        .get("maintainers")
+        .and_then(Value::as_array)
+        .is_some_and(|m| {
+            m.iter()
+                .any(|m| m.get("name").and_then(Value::as_str) == Some(user))
+        });
+    if is_maintainer {
+        Ok(())
+    } else {
+        Err(PublishError::NotMaintainer {
+            name: name.to_owned(),
+            user: user.to_owned(),
+        })
+    }
+}
+
+fn finish_manifest(
+    mut manifest: Map<String, Value>,
+    name: &PackageName,
+    new: &NewVersion,
+    file: &str,
+    user: &str,
+) -> Map<String, Value> {
+    manifest.insert(
+        "_id".into(),
+        Value::String(format!("{}@{}", name, new.version)),
+    );
+    manifest.insert("_npmUser".into(), maintainer(user));
+    manifest.remove("readme");
+    manifest.remove("readmeFilename");
+    let install_script = manifest
+        .get("scripts")
+        .and_then(Value::as_object)
+        .is_some_and(|s| {
+            ["preinstall", "install", "postinstall"]
+                .iter()
+                .any(|k| s.contains_key(*k))
+        });
+    if install_script {
+        manifest.insert("hasInstallScript".into(), Value::Bool(true));
+    }
+    let mut dist = match manifest.remove("dist") {
+        Some(Value::Object(d)) => d,
+        _ => Map::new(),
+    };
+    dist.retain(|k, v| matches!(k.as_str(), "fileCount" | "unpackedSize") && v.is_u64());
+    dist.insert(
+        "integrity".into(),
+        Value::String(new.checksums.integrity.clone()),
+    );
+    dist.insert("shasum".into(), Value::String(new.checksums.shasum.clone()));
+    dist.insert("tarball".into(), Value::String(format!("{name}/-/{file}")));
+    manifest.insert("dist".into(), Value::Object(dist));
+    manifest
+}
+
+/// Copies the descriptive fields of the `latest` version to the top of the document, as npm's
+/// registry does.
+fn refresh_top_level(stored: &mut StoredPackage) {
+    let latest = stored.dist_tags().get("latest").cloned();
+    let Some(manifest) = latest.and_then(|l| stored.versions()?.get(&l).cloned()) else {
+        return;
+    };
+    for field in [
+        "description",
+        "license",
+        "keywords",
+        "homepage",
+        "repository",
+        "bugs",
+        "author",
+    ] {
+        match manifest.get(field) {
+            Some(value) => stored.doc.insert(field.to_owned(), value.clone()),
+            None => stored.doc.remove(field),
+        };
+    }
+}
+
+fn versions_mut(stored: &mut StoredPackage) -> &mut Map<String, Value> {
+    object_mut(stored, "versions")
+}
+
+fn dist_tags_mut(stored: &mut StoredPackage) -> &mut Map<String, Value> {
+    object_mut(stored, "dist-tags")
+}
+
+fn time_mut(stored: &mut StoredPackage) -> &mut Map<String, Value> {
+    object_mut(stored, "time")
+}
+
+fn time_map(stored: &StoredPackage) -> Map<String, Value> {
+    stored
+        .doc
+        .get("time")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn object_mut<'a>(stored: &'a mut StoredPackage, key: &str) -> &'a mut Map<String, Value> {
+    let slot = stored
+        .doc
+        .entry(key)
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !slot.is_object() {
+        *slot = Value::Object(Map::new());
+    }
+    slot.as_object_mut().expect("just made an object")
+}
+
+fn wrong_type(field: &str, detail: &'static str) -> PublishError {
+    PublishError::WrongType {
+        field: truncate(field),
+        detail,
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(120).collect()
+}

@@ -1,0 +1,429 @@
+//! `ShardStore`: owns one shard's redb database; the only code that touches its tables.
+//!
+//! Reads (`read_*`) may run on any core through redb's MVCC read transactions. Writes go
+//! through `apply_batch`, called only by the shard's single writer: one write transaction per
+//! batch (group commit), committed with `Durability::Immediate`, after every blob the batch
+//! references is durable. A failed commit latches the store `Poisoned` (fail-stop): no later
+//! write is attempted until restart.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use redb::{Database, ReadableDatabase, ReadableTable};
+
+use super::tables::{META, META_BASE_URL, PACKAGES, REVS, SERVED};
+use super::ShardId;
+use crate::blob::{BlobError, BlobStore};
+use crate::names::{DistTag, PackageName, Version};
+use crate::packument::StoredPackage;
+use crate::publish::{self, Plan, PublishError, PublishRequest};
+use crate::served::{decode_served, encode_served, Served};
+
+/// Page cache per shard. redb fills it lazily; the bound keeps RSS predictable.
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+/// A change to one package, applied by the shard's writer.
+#[derive(Debug)]
+pub enum WriteOp {
+    Publish {
+        request: PublishRequest,
+        user: String,
+    },
+    DistTagSet {
+        name: PackageName,
+        tag: DistTag,
+        version: Version,
+        user: String,
+    },
+    DistTagRemove {
+        name: PackageName,
+        tag: DistTag,
+        user: String,
+    },
+}
+
+impl WriteOp {
+    /// The package this op changes.
+    #[must_use]
+    pub fn package(&self) -> &PackageName {
+        match self {
+            WriteOp::Publish { request, .. } => &request.name,
+            WriteOp::DistTagSet { name, .. } | WriteOp::DistTagRemove { name, .. } => name,
+        }
+    }
+}
+
+/// What an applied op reports.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// The publish is durable. `changed` is false for an idempotent retry.
+    Published { rev: u64, changed: bool },
+    /// The dist-tags after the change.
+    DistTags(BTreeMap<String, String>),
+}
+
+/// Why a write failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Refused(#[from] PublishError),
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    #[error("storage error in shard {shard}: {source}")]
+    Storage { shard: u16, source: redb::Error },
+    #[error("stored package {name} is corrupt: {detail}")]
+    Corrupt { name: String, detail: String },
+    #[error("shard {shard} stopped accepting writes after an earlier storage failure")]
+    Poisoned { shard: u16 },
+}
+
+impl WriteError {
+    /// True when the cause is a full disk: the client gets 507.
+    #[must_use]
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            WriteError::Blob(b) => b.is_storage_full(),
+            WriteError::Storage {
+                source: redb::Error::Io(e),
+                ..
+            } => crate::error::is_storage_full(e),
+            _ => false,
+        }
+    }
+}
+
+/// Why a read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("storage error in shard {shard}: {source}")]
+    Storage { shard: u16, source: redb::Error },
+    #[error("stored record for {name} is corrupt: {detail}")]
+    Corrupt { name: String, detail: String },
+}
+
+/// One shard's database.
+pub struct ShardStore {
+    id: ShardId,
+    db: Database,
+    base_url: Box<str>,
+    /// Bumped after every commit; cores compare it to skip revalidating cached records.
+    generation: AtomicU64,
+    poisoned: AtomicBool,
+}
+
+impl std::fmt::Debug for ShardStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardStore")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ShardStore {
+    /// Opens (or creates) the shard file. When the documents were rendered for another base
+    /// URL, re-renders every served record before returning. Blocks: fsync.
+    ///
+    /// # Errors
+    /// redb errors (including a file that fails its checksums), or corrupt stored records.
+    pub fn open(path: &Path, id: ShardId, base_url: &str) -> Result<ShardStore, ReadError> {
+        let storage = |source: redb::Error| ReadError::Storage {
+            shard: id.0,
+            source,
+        };
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| storage(e.into()))?;
+        let store = ShardStore {
+            id,
+            db,
+            base_url: base_url.into(),
+            generation: AtomicU64::new(0),
+            poisoned: AtomicBool::new(false),
+        };
+        store.prepare(base_url).map_err(storage)?;
+        Ok(store)
+    }
+
+    fn prepare(&self, base_url: &str) -> Result<(), redb::Error> {
+        let txn = self.db.begin_write()?;
+        let stale = {
+            let mut meta = txn.open_table(META)?;
+            txn.open_table(PACKAGES)?;
+            txn.open_table(SERVED)?;
+            txn.open_table(REVS)?;
+            let stored_url = meta.get(META_BASE_URL)?.map(|v| v.value().to_vec());
+            let stale = stored_url.as_deref() != Some(base_url.as_bytes());
+            if stale {
+                meta.insert(META_BASE_URL, base_url.as_bytes())?;
+            }
+            stale
+        };
+        if stale {
+            let packages = txn.open_table(PACKAGES)?;
+            let mut served = txn.open_table(SERVED)?;
+            for entry in packages.iter()? {
+                let (name, bytes) = entry?;
+                if let Ok(stored) = StoredPackage::decode(bytes.value()) {
+                    served.insert(name.value(), encode_served(&stored, base_url).as_slice())?;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// This shard's id.
+    #[must_use]
+    pub fn id(&self) -> ShardId {
+        self.id
+    }
+
+    /// The base URL served documents embed.
+    #[must_use]
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// Commit counter: unchanged means no package in this shard changed.
+    #[must_use]
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn read_error(&self, source: impl Into<redb::Error>) -> ReadError {
+        ReadError::Storage {
+            shard: self.id.0,
+            source: source.into(),
+        }
+    }
+
+    /// The package's revision, if it exists.
+    ///
+    /// # Errors
+    /// redb errors.
+    pub fn read_rev(&self, name: &str) -> Result<Option<u64>, ReadError> {
+        let txn = self.db.begin_read().map_err(|e| self.read_error(e))?;
+        let table = txn.open_table(REVS).map_err(|e| self.read_error(e))?;
+        let rev = table.get(name).map_err(|e| self.read_error(e))?;
+        Ok(rev.map(|v| v.value()))
+    }
+
+    /// The served record (one copy out of redb into a shared buffer).
+    ///
+    /// # Errors
+    /// redb errors, or a corrupt record.
+    pub fn read_served(&self, name: &str) -> Result<Option<Served>, ReadError> {
+        let txn = self.db.begin_read().map_err(|e| self.read_error(e))?;
+        let table = txn.open_table(SERVED).map_err(|e| self.read_error(e))?;
+        let Some(value) = table.get(name).map_err(|e| self.read_error(e))? else {
+            return Ok(None);
+        };
+        let buf = Bytes::copy_from_slice(value.value());
+        decode_served(buf)
+            .map(Some)
+            .map_err(|e| ReadError::Corrupt {
+                name: name.to_owned(),
+                detail: e.to_string(),
+            })
+    }
+
+    /// The stored package (parsed): for version documents and administration, not hot paths.
+    ///
+    /// # Errors
+    /// redb errors, or a corrupt record.
+    pub fn read_stored(&self, name: &str) -> Result<Option<StoredPackage>, ReadError> {
+        let txn = self.db.begin_read().map_err(|e| self.read_error(e))?;
+        let table = txn.open_table(PACKAGES).map_err(|e| self.read_error(e))?;
+        let Some(value) = table.get(name).map_err(|e| self.read_error(e))? else {
+            return Ok(None);
+        };
+        StoredPackage::decode(value.value())
+            .map(Some)
+            .map_err(|e| ReadError::Corrupt {
+                name: name.to_owned(),
+                detail: e.to_string(),
+            })
+    }
+
+    /// Names of every package in this shard, sorted.
+    ///
+    /// # Errors
+    /// redb errors.
+    pub fn read_names(&self) -> Result<Vec<String>, ReadError> {
+        let txn = self.db.begin_read().map_err(|e| self.read_error(e))?;
+        let table = txn.open_table(REVS).map_err(|e| self.read_error(e))?;
+        let mut names = Vec::new();
+        for entry in table.iter().map_err(|e| self.read_error(e))? {
+            let (name, _) = entry.map_err(|e| self.read_error(e))?;
+            names.push(name.value().to_owned());
+        }
+        Ok(names)
+    }
+
+    /// Applies `ops` in order in one durable transaction (group commit) and returns one result
+    /// per op. An op that is refused leaves no trace; the others still commit. Blobs are made
+    /// durable before the commit, so metadata never names a missing blob. Packages touched by
+    /// several ops are rendered once. Blocks: fsync (blobs, then the commit).
+    pub fn apply_batch(
+        &self,
+        ops: Vec<WriteOp>,
+        blobs: &BlobStore,
+        now: SystemTime,
+    ) -> Vec<Result<WriteOutcome, WriteError>> {
+        let shard = self.id.0;
+        if self.poisoned.load(Ordering::Acquire) {
+            return ops
+                .iter()
+                .map(|_| Err(WriteError::Poisoned { shard }))
+                .collect();
+        }
+        let storage = |source: redb::Error| WriteError::Storage { shard, source };
+        let txn = match self.db.begin_write() {
+            Ok(txn) => txn,
+            Err(e) => {
+                let detail = redb::Error::from(e).to_string();
+                let io = || redb::Error::Io(std::io::Error::other(detail.clone()));
+                return ops.iter().map(|_| Err(storage(io()))).collect();
+            }
+        };
+        let mut results = Vec::with_capacity(ops.len());
+        let mut touched: HashMap<String, StoredPackage> = HashMap::new();
+        for op in ops {
+            let name = op.package().as_str().to_owned();
+            let current = match touched.get(&name) {
+                Some(stored) => Some(stored.clone()),
+                None => match read_in_txn(&txn, &name) {
+                    Ok(current) => current,
+                    Err(e) => {
+                        results.push(Err(e));
+                        continue;
+                    }
+                },
+            };
+            let (plan, outcome) = match plan_op(current, op, now) {
+                Ok(planned) => planned,
+                Err(e) => {
+                    results.push(Err(WriteError::Refused(e)));
+                    continue;
+                }
+            };
+            if let Err(e) = plan
+                .blobs
+                .iter()
+                .try_for_each(|(id, bytes)| blobs.write(id, bytes))
+            {
+                results.push(Err(WriteError::Blob(e)));
+                continue;
+            }
+            let outcome = match outcome {
+                PlannedOutcome::Published => WriteOutcome::Published {
+                    rev: plan.stored.rev,
+                    changed: plan.changed,
+                },
+                PlannedOutcome::DistTags => WriteOutcome::DistTags(plan.stored.dist_tags()),
+            };
+            if plan.changed {
+                touched.insert(name, plan.stored);
+            }
+            results.push(Ok(outcome));
+        }
+        if touched.is_empty() {
+            return results;
+        }
+        let written = write_touched(&txn, &touched, &self.base_url).map_err(storage);
+        let committed = written.and_then(|()| txn.commit().map_err(|e| storage(e.into())));
+        match committed {
+            Ok(()) => {
+                self.generation.fetch_add(1, Ordering::AcqRel);
+                results
+            }
+            Err(e) => {
+                // Fail-stop: the file's state after a failed commit is not trusted further.
+                self.poisoned.store(true, Ordering::Release);
+                tracing::error!(shard.id = shard, error = %e, "shard commit failed; poisoned");
+                let full = e.is_storage_full();
+                results
+                    .into_iter()
+                    .map(|r| match r {
+                        Ok(_) if full => Err(storage(redb::Error::Io(std::io::Error::from(
+                            std::io::ErrorKind::StorageFull,
+                        )))),
+                        Ok(_) => Err(WriteError::Poisoned { shard }),
+                        Err(e) => Err(e),
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+enum PlannedOutcome {
+    Published,
+    DistTags,
+}
+
+fn plan_op(
+    current: Option<StoredPackage>,
+    op: WriteOp,
+    now: SystemTime,
+) -> Result<(Plan, PlannedOutcome), PublishError> {
+    match op {
+        WriteOp::Publish { request, user } => Ok((
+            publish::plan_publish(current, request, &user, now)?,
+            PlannedOutcome::Published,
+        )),
+        WriteOp::DistTagSet {
+            name,
+            tag,
+            version,
+            user,
+        } => Ok((
+            publish::plan_dist_tag_set(current, &name, &tag, &version, &user, now)?,
+            PlannedOutcome::DistTags,
+        )),
+        WriteOp::DistTagRemove { name, tag, user } => Ok((
+            publish::plan_dist_tag_remove(current, &name, &tag, &user, now)?,
+            PlannedOutcome::DistTags,
+        )),
+    }
+}
+
+fn read_in_txn(
+    txn: &redb::WriteTransaction,
+    name: &str,
+) -> Result<Option<StoredPackage>, WriteError> {
+    let corrupt = |detail: String| WriteError::Corrupt {
+        name: name.to_owned(),
+        detail,
+    };
+    let table = txn
+        .open_table(PACKAGES)
+        .map_err(|e| corrupt(e.to_string()))?;
+    let value = table.get(name).map_err(|e| corrupt(e.to_string()))?;
+    match value {
+        None => Ok(None),
+        Some(v) => StoredPackage::decode(v.value())
+            .map(Some)
+            .map_err(|e| corrupt(e.to_string())),
+    }
+}
+
+fn write_touched(
+    txn: &redb::WriteTransaction,
+    touched: &HashMap<String, StoredPackage>,
+    base_url: &str,
+) -> Result<(), redb::Error> {
+    let mut packages = txn.open_table(PACKAGES)?;
+    let mut served = txn.open_table(SERVED)?;
+    let mut revs = txn.open_table(REVS)?;
+    for (name, stored) in touched {
+        packages.insert(name.as_str(), stored.encode().as_slice())?;
+        served.insert(name.as_str(), encode_served(stored, base_url).as_slice())?;
+        revs.insert(name.as_str(), stored.rev)?;
+    }
+    Ok(())
+}

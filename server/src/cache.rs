@@ -1,0 +1,108 @@
+//! Per-core caches (owned by one core, `!Send`, no locks).
+//!
+//! `PackageCache`: name -> decoded served record. A hit is valid while the shard's commit
+//! generation is unchanged; after any commit to the shard, an entry is revalidated by reading
+//! the package's revision (a few bytes) and reloaded only when it changed.
+//! `TarballCache`: blob id -> bytes. Blobs are immutable, so entries never go stale; bytes are
+//! verified against their blake3 name when loaded.
+//! Both are bounded in bytes; when full they are cleared (simple, and a refill is cheap).
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use engine::blob::{BlobError, BlobId, BlobStore};
+use engine::served::Served;
+use engine::shard::{ReadError, ShardStore};
+
+use crate::limits::{
+    PACKAGE_CACHE_BYTES_MAX, TARBALL_CACHE_BYTES_MAX, TARBALL_CACHE_ENTRY_BYTES_MAX,
+};
+
+struct Entry {
+    served: Rc<Served>,
+    generation: u64,
+}
+
+/// Cached served records of one core.
+#[derive(Default)]
+pub struct PackageCache {
+    entries: HashMap<Box<str>, Entry>,
+    bytes: usize,
+}
+
+impl PackageCache {
+    /// The served record of `name`, from cache when still valid.
+    ///
+    /// # Errors
+    /// Storage errors from the shard.
+    pub fn get(&mut self, shard: &ShardStore, name: &str) -> Result<Option<Rc<Served>>, ReadError> {
+        // Read the generation before the data: a commit racing with this read bumps it, so
+        // the next request revalidates instead of trusting a possibly older record.
+        let generation = shard.generation();
+        if let Some(entry) = self.entries.get_mut(name) {
+            if entry.generation == generation {
+                return Ok(Some(Rc::clone(&entry.served)));
+            }
+            if shard.read_rev(name)? == Some(entry.served.rev) {
+                entry.generation = generation;
+                return Ok(Some(Rc::clone(&entry.served)));
+            }
+        }
+        let Some(served) = shard.read_served(name)? else {
+            if let Some(old) = self.entries.remove(name) {
+                self.bytes -= old.served.weight_bytes();
+            }
+            return Ok(None);
+        };
+        let served = Rc::new(served);
+        let weight = served.weight_bytes();
+        if weight <= PACKAGE_CACHE_BYTES_MAX / 4 {
+            if self.bytes + weight > PACKAGE_CACHE_BYTES_MAX {
+                self.entries.clear();
+                self.bytes = 0;
+            }
+            let old = self.entries.insert(
+                name.into(),
+                Entry {
+                    served: Rc::clone(&served),
+                    generation,
+                },
+            );
+            self.bytes += weight;
+            if let Some(old) = old {
+                self.bytes -= old.served.weight_bytes();
+            }
+        }
+        Ok(Some(served))
+    }
+}
+
+/// Cached tarball bytes of one core.
+#[derive(Default)]
+pub struct TarballCache {
+    entries: HashMap<BlobId, Bytes>,
+    bytes: usize,
+}
+
+impl TarballCache {
+    /// The bytes of blob `id`, verified against its digest when read from disk.
+    ///
+    /// # Errors
+    /// `NotFound`, `Corrupt` or I/O errors from the blob store.
+    pub fn get(&mut self, blobs: &BlobStore, id: &BlobId) -> Result<Bytes, BlobError> {
+        if let Some(bytes) = self.entries.get(id) {
+            return Ok(bytes.clone());
+        }
+        let bytes = Bytes::from(blobs.read(id)?);
+        if bytes.len() <= TARBALL_CACHE_ENTRY_BYTES_MAX {
+            if self.bytes + bytes.len() > TARBALL_CACHE_BYTES_MAX {
+                self.entries.clear();
+                self.bytes = 0;
+            }
+            self.bytes += bytes.len();
+            self.entries.insert(*id, bytes.clone());
+        }
+        Ok(bytes)
+    }
+}

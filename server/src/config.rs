@@ -1,0 +1,101 @@
+//! Startup configuration: `RawConfig` (flags and environment, every field optional) ->
+//! `Config::validate` -> `Config` (immutable, derived values computed once). Nothing reads the
+//! environment or files after startup; live switches are the config record (`live_config`).
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+
+/// Which monoio driver the cores run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DriverChoice {
+    /// io_uring when the kernel allows it, else epoll (logged).
+    Auto,
+    /// io_uring only; fail to start without it.
+    Uring,
+    /// epoll only.
+    Legacy,
+}
+
+/// What `serve` was given.
+#[derive(Debug, Default)]
+pub struct RawConfig {
+    pub listen: Option<String>,
+    pub home: Option<PathBuf>,
+    pub public_url: Option<String>,
+    pub cores: Option<usize>,
+    pub shards: Option<u32>,
+    pub driver: Option<DriverChoice>,
+}
+
+/// Validated startup configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub home: PathBuf,
+    /// Explicit public URL, if given; otherwise derived from the bound address.
+    pub public_url: Option<String>,
+    pub cores: usize,
+    /// Shard count for a new data directory (an existing one keeps its own).
+    pub shards_new: u32,
+    pub driver: DriverChoice,
+}
+
+/// Default listen address (SPEC section 2: loopback only).
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:4873";
+
+impl Config {
+    /// Validates `raw`, filling defaults.
+    ///
+    /// # Errors
+    /// A message naming the bad field.
+    pub fn validate(raw: RawConfig) -> Result<Config, String> {
+        let listen_text = raw.listen.unwrap_or_else(|| LISTEN_DEFAULT.to_owned());
+        let listen: SocketAddr = listen_text
+            .parse()
+            .map_err(|e| format!("--listen {listen_text:?} is not HOST:PORT ({e})"))?;
+        let home = match raw.home {
+            Some(home) => home,
+            None => {
+                let base = std::env::var_os("HOME").ok_or("neither --home nor $HOME is set")?;
+                PathBuf::from(base).join(".agentregistry")
+            }
+        };
+        let cores_available = std::thread::available_parallelism().map_or(1, usize::from);
+        let cores = raw.cores.unwrap_or(cores_available);
+        if !(1..=256).contains(&cores) {
+            return Err(format!("--cores must be between 1 and 256, got {cores}"));
+        }
+        let shards_new = raw
+            .shards
+            .unwrap_or(u32::try_from(cores_available).unwrap_or(1));
+        if let Some(url) = &raw.public_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!(
+                    "--public-url {url:?} must start with http:// or https://"
+                ));
+            }
+        }
+        Ok(Config {
+            listen,
+            home,
+            public_url: raw.public_url.map(|u| u.trim_end_matches('/').to_owned()),
+            cores,
+            shards_new,
+            driver: raw.driver.unwrap_or(DriverChoice::Auto),
+        })
+    }
+
+    /// The public base URL documents embed, once the listener's real address is known.
+    #[must_use]
+    pub fn base_url(&self, bound: &TcpListener) -> String {
+        if let Some(url) = &self.public_url {
+            return url.clone();
+        }
+        let addr = bound.local_addr().unwrap_or(self.listen);
+        if addr.ip().is_unspecified() {
+            format!("http://127.0.0.1:{}", addr.port())
+        } else {
+            format!("http://{addr}")
+        }
+    }
+}

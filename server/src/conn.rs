@@ -1,0 +1,302 @@
+//! The connection loop: read (owned buffer) -> parse -> route -> handle -> write.
+//! HTTP/1.1 keep-alive; pipelined requests are answered in order (responses to requests that
+//! are already buffered are batched into one write). Heads are bounded (431/414), bodies are
+//! bounded (413) and framed unambiguously, and every wait has a timeout: a slow client holds
+//! one connection, never a core.
+//!
+//! Buffer ownership: `buf` and `out` are moved into each I/O op and come back in its result;
+//! after a timeout the op keeps the buffer and the connection closes.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+use crate::cores::Core;
+use crate::http::body::{self, BodyError};
+use crate::http::parse::{self, Framing, Method, RequestHead};
+use crate::http::respond::{self, Reply};
+use crate::limits::{
+    BODY_BYTES_MAX, BODY_READ_TIMEOUT_MS, COPY_BODY_BYTES_MAX, HEADER_TIMEOUT_MS, IDLE_TIMEOUT_MS,
+    READ_BUFFER_BYTES, SMALL_BODY_BYTES_MAX,
+};
+use crate::route::{self, Route};
+
+/// Serves one connection until the client closes it, an error, or a timeout.
+pub async fn serve(mut stream: TcpStream, core: Rc<Core>) {
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_BUFFER_BYTES);
+    let mut out: Vec<u8> = Vec::with_capacity(READ_BUFFER_BYTES);
+    let mut start = 0usize;
+    loop {
+        let step = match parse::head(&buf[start..]) {
+            Ok(None) => Step::NeedMore,
+            Ok(Some((head, head_len))) => {
+                let body_start = start + head_len;
+                let outcome = exchange(&mut stream, &head, &buf[body_start..], &core, out).await;
+                match outcome {
+                    Ok(Exchange {
+                        out: o,
+                        used,
+                        leftover,
+                        keep_alive,
+                    }) => {
+                        out = o;
+                        Step::Done {
+                            next: body_start + used,
+                            leftover,
+                            keep_alive,
+                        }
+                    }
+                    Err(()) => return,
+                }
+            }
+            Err(e) => {
+                let (status, kind) = e.status();
+                let mut reply = Reply::error(status, kind, &e.to_string());
+                reply.close = true;
+                respond::write_head(&mut out, &reply, false, &core.date());
+                out.extend_from_slice(&reply.body);
+                let _ = stream.write_all(out).await;
+                return;
+            }
+        };
+        match step {
+            Step::NeedMore => {
+                if start > 0 {
+                    buf.drain(..start);
+                    start = 0;
+                }
+                if !out.is_empty() {
+                    match flush(&mut stream, out).await {
+                        Ok(o) => out = o,
+                        Err(()) => return,
+                    }
+                }
+                let timeout_ms = if buf.is_empty() {
+                    IDLE_TIMEOUT_MS
+                } else {
+                    HEADER_TIMEOUT_MS
+                };
+                match read_more(&mut stream, buf, timeout_ms).await {
+                    Ok(b) => buf = b,
+                    Err(()) => return,
+                }
+            }
+            Step::Done {
+                next,
+                leftover,
+                keep_alive,
+            } => {
+                start = next;
+                if !leftover.is_empty() {
+                    buf.drain(..start);
+                    start = 0;
+                    buf.splice(0..0, leftover);
+                }
+                if !keep_alive {
+                    let _ = flush(&mut stream, out).await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+enum Step {
+    NeedMore,
+    Done {
+        next: usize,
+        leftover: Vec<u8>,
+        keep_alive: bool,
+    },
+}
+
+struct Exchange {
+    out: Vec<u8>,
+    /// Bytes of the already-buffered input that belonged to this request's body.
+    used: usize,
+    /// Bytes read past this request's body (pipelined data after a chunked body).
+    leftover: Vec<u8>,
+    keep_alive: bool,
+}
+
+/// Reads the body of `head` (part of it may already be in `buffered`), handles the request and
+/// queues the reply in `out` (writing it when large). `Err` means: close the connection now.
+async fn exchange(
+    stream: &mut TcpStream,
+    head: &RequestHead<'_>,
+    buffered: &[u8],
+    core: &Core,
+    mut out: Vec<u8>,
+) -> Result<Exchange, ()> {
+    let routed = route::route(head.method, head.target);
+    let body_max = match routed {
+        Ok(Route::Publish { .. }) => BODY_BYTES_MAX,
+        _ => SMALL_BODY_BYTES_MAX,
+    };
+    let received = receive_body(stream, head, buffered, body_max, &mut out).await;
+    let (reply, used, leftover) = match received {
+        Ok((body, used, leftover)) => {
+            let reply = match routed {
+                Ok(route) => crate::npm::handle(route, head, body, core).await,
+                Err(e) => {
+                    let (status, kind) = e.status();
+                    Reply::error(status, kind, &e.to_string())
+                }
+            };
+            (reply, used, leftover)
+        }
+        Err(BodyFailure::Refused(e)) => {
+            let (status, kind) = e.status();
+            let mut reply = Reply::error(status, kind, &e.to_string());
+            reply.close = true;
+            (reply, buffered.len(), Vec::new())
+        }
+        Err(BodyFailure::Gone) => return Err(()),
+    };
+    let keep_alive = head.keep_alive && !reply.close;
+    respond::write_head(&mut out, &reply, keep_alive, &core.date());
+    if head.method != Method::Head {
+        if reply.body.len() <= COPY_BODY_BYTES_MAX {
+            out.extend_from_slice(&reply.body);
+        } else {
+            out = flush(stream, out).await?;
+            let (result, _) = stream.write_all(reply.body.clone()).await;
+            result.map_err(|_| ())?;
+        }
+    }
+    Ok(Exchange {
+        out,
+        used,
+        leftover,
+        keep_alive,
+    })
+}
+
+enum BodyFailure {
+    Refused(BodyError),
+    Gone,
+}
+
+/// Returns (body, bytes of `buffered` used, bytes read past the body).
+async fn receive_body(
+    stream: &mut TcpStream,
+    head: &RequestHead<'_>,
+    buffered: &[u8],
+    max: usize,
+    out: &mut Vec<u8>,
+) -> Result<(Vec<u8>, usize, Vec<u8>), BodyFailure> {
+    match head.framing {
+        Framing::None => Ok((Vec::new(), 0, Vec::new())),
+        Framing::Length(length) => {
+            let length = usize::try_from(length)
+                .ok()
+                .filter(|&l| l <= max)
+                .ok_or(BodyFailure::Refused(BodyError::TooLarge { max }))?;
+            if buffered.len() >= length {
+                return Ok((buffered[..length].to_vec(), length, Vec::new()));
+            }
+            send_continue(stream, head, out).await?;
+            let mut body = Vec::with_capacity(length);
+            body.extend_from_slice(buffered);
+            while body.len() < length {
+                body = read_exact_into(stream, body, length)
+                    .await
+                    .map_err(|()| BodyFailure::Gone)?;
+            }
+            Ok((body, buffered.len(), Vec::new()))
+        }
+        Framing::Chunked => {
+            let mut raw = buffered.to_vec();
+            let mut continued = false;
+            loop {
+                match body::decode_chunked(&raw, max) {
+                    Ok(Some((body, used))) => {
+                        let leftover = raw.split_off(used);
+                        return Ok((body, buffered.len(), leftover));
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(BodyFailure::Refused(e)),
+                }
+                if raw.len() > max.saturating_mul(2).saturating_add(64 * 1024) {
+                    return Err(BodyFailure::Refused(BodyError::TooLarge { max }));
+                }
+                if !continued {
+                    send_continue(stream, head, out).await?;
+                    continued = true;
+                }
+                raw = read_more(stream, raw, BODY_READ_TIMEOUT_MS)
+                    .await
+                    .map_err(|()| BodyFailure::Gone)?;
+            }
+        }
+    }
+}
+
+async fn send_continue(
+    stream: &mut TcpStream,
+    head: &RequestHead<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), BodyFailure> {
+    if !head.expect_continue {
+        return Ok(());
+    }
+    let pending = std::mem::take(out);
+    let mut flushed = flush(stream, pending)
+        .await
+        .map_err(|()| BodyFailure::Gone)?;
+    let (result, _) = stream.write_all(respond::CONTINUE).await;
+    result.map_err(|_| BodyFailure::Gone)?;
+    flushed.clear();
+    *out = flushed;
+    Ok(())
+}
+
+/// Writes and clears `out`; returns it for reuse.
+async fn flush(stream: &mut TcpStream, out: Vec<u8>) -> Result<Vec<u8>, ()> {
+    let (result, mut out) = stream.write_all(out).await;
+    result.map_err(|_| ())?;
+    out.clear();
+    Ok(out)
+}
+
+/// Appends whatever arrives (at least one byte) to `buf`. `Err`: EOF, error or timeout.
+async fn read_more(
+    stream: &mut TcpStream,
+    mut buf: Vec<u8>,
+    timeout_ms: u64,
+) -> Result<Vec<u8>, ()> {
+    if buf.capacity() - buf.len() < READ_BUFFER_BYTES / 2 {
+        buf.reserve(READ_BUFFER_BYTES);
+    }
+    let len = buf.len();
+    let cap = buf.capacity();
+    read_into(stream, buf, len, cap, timeout_ms).await
+}
+
+/// Reads into `body` up to `length` bytes in total.
+async fn read_exact_into(
+    stream: &mut TcpStream,
+    body: Vec<u8>,
+    length: usize,
+) -> Result<Vec<u8>, ()> {
+    let len = body.len();
+    read_into(stream, body, len, length, BODY_READ_TIMEOUT_MS).await
+}
+
+async fn read_into(
+    stream: &mut TcpStream,
+    buf: Vec<u8>,
+    from: usize,
+    to: usize,
+    timeout_ms: u64,
+) -> Result<Vec<u8>, ()> {
+    let slice = buf.slice_mut(from..to);
+    let read = monoio::time::timeout(Duration::from_millis(timeout_ms), stream.read(slice)).await;
+    match read {
+        Ok((Ok(n), slice)) if n > 0 => Ok(slice.into_inner()),
+        Ok((Ok(_) | Err(_), _)) | Err(_) => Err(()),
+    }
+}

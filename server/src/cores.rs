@@ -1,0 +1,164 @@
+//! Thread per core. Each core runs one monoio runtime (io_uring, falling back to epoll by
+//! itself) that accepts on the shared listener and serves its connections to completion.
+//!
+//! Which work runs where (the one rule for cross-core work):
+//! - Reads (packuments, tarballs, tokens) run on the core that accepted the connection,
+//!   through redb MVCC read transactions on the owning shard (any core may read any shard),
+//!   with per-core caches. No cross-core hop on the read path: ARCHITECTURE.md has the
+//!   measurement behind this choice.
+//! - Writes go to the shard's single writer thread (`writer.rs`) over a bounded channel; the
+//!   core awaits the durable result. Auth hashing and auth writes go to the auth worker.
+//! Shared state (`Shared`) is immutable after startup except through atomics (shard
+//! generations, the live config record); per-core state (`Core`) is `!Send` and never locked.
+
+use std::cell::RefCell;
+use std::net::TcpListener;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use engine::auth::AuthStore;
+use engine::blob::BlobStore;
+use engine::shard::{shard_for, ShardStore};
+
+use crate::auth::{AuthWorker, BasicCache};
+use crate::cache::{PackageCache, TarballCache};
+use crate::config::DriverChoice;
+use crate::live_config::LiveConfig;
+use crate::writer::Writers;
+
+/// State every core shares (read-mostly; mutation only through atomics inside).
+pub struct Shared {
+    pub base_url: String,
+    pub shards: Vec<Arc<ShardStore>>,
+    pub blobs: Arc<BlobStore>,
+    pub auth: Arc<AuthStore>,
+    pub auth_worker: AuthWorker,
+    pub writers: Writers,
+    pub live: Arc<LiveConfig>,
+}
+
+impl Shared {
+    /// The shard that owns `name`.
+    #[must_use]
+    pub fn shard(&self, name: &str) -> &Arc<ShardStore> {
+        let count = u16::try_from(self.shards.len()).expect("shard count fits u16");
+        &self.shards[usize::from(shard_for(name, count).0)]
+    }
+}
+
+/// One core's own state.
+pub struct Core {
+    pub index: usize,
+    pub shared: Arc<Shared>,
+    pub packages: RefCell<PackageCache>,
+    pub tarballs: RefCell<TarballCache>,
+    pub basic: RefCell<BasicCache>,
+    date: RefCell<(u64, String)>,
+}
+
+impl Core {
+    fn new(index: usize, shared: Arc<Shared>) -> Core {
+        Core {
+            index,
+            shared,
+            packages: RefCell::default(),
+            tarballs: RefCell::default(),
+            basic: RefCell::default(),
+            date: RefCell::new((0, String::new())),
+        }
+    }
+
+    /// The HTTP `Date` value, formatted at most once per second per core.
+    pub fn date(&self) -> String {
+        let now = SystemTime::now();
+        let secs = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut date = self.date.borrow_mut();
+        if date.0 != secs || date.1.is_empty() {
+            *date = (secs, httpdate::fmt_http_date(now));
+        }
+        date.1.clone()
+    }
+}
+
+/// Starts `cores` threads serving `listener` and waits for them (they run until the process
+/// exits).
+///
+/// # Errors
+/// A core that cannot build any runtime, or thread creation failures.
+pub fn run(
+    cores: usize,
+    driver: DriverChoice,
+    listener: &TcpListener,
+    shared: &Arc<Shared>,
+) -> anyhow::Result<()> {
+    let mut threads = Vec::with_capacity(cores);
+    for index in 0..cores {
+        let listener = listener.try_clone()?;
+        let shared = Arc::clone(shared);
+        let thread = std::thread::Builder::new()
+            .name(format!("core-{index}"))
+            .spawn(move || run_core(index, driver, listener, shared))?;
+        threads.push(thread);
+    }
+    for thread in threads {
+        match thread.join() {
+            Ok(result) => result?,
+            Err(_) => anyhow::bail!("a core thread panicked"),
+        }
+    }
+    Ok(())
+}
+
+fn run_core(
+    index: usize,
+    driver: DriverChoice,
+    listener: TcpListener,
+    shared: Arc<Shared>,
+) -> anyhow::Result<()> {
+    let core = Rc::new(Core::new(index, shared));
+    let want_uring = driver != DriverChoice::Legacy;
+    if want_uring && monoio::utils::detect_uring() {
+        let built = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .with_entries(1024)
+            .enable_timer()
+            .build();
+        match built {
+            Ok(mut runtime) => {
+                tracing::info!(core = index, io.driver = "io_uring", "core started");
+                return runtime.block_on(accept_loop(listener, core));
+            }
+            // MEASUREMENTS.md: detection can succeed and ring creation still fail (memlock).
+            Err(e) if driver == DriverChoice::Auto => {
+                tracing::warn!(core = index, error = %e, "io_uring ring failed; using epoll");
+            }
+            Err(e) => anyhow::bail!("core {index}: io_uring requested but unavailable: {e}"),
+        }
+    } else if driver == DriverChoice::Uring {
+        anyhow::bail!("core {index}: io_uring requested but the kernel does not offer it");
+    }
+    let mut runtime = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()?;
+    tracing::info!(core = index, io.driver = "epoll", "core started");
+    runtime.block_on(accept_loop(listener, core))
+}
+
+async fn accept_loop(listener: TcpListener, core: Rc<Core>) -> anyhow::Result<()> {
+    let listener = monoio::net::TcpListener::from_std(listener)?;
+    loop {
+        match listener.accept().await {
+            Ok((stream, _peer)) => {
+                let _ = stream.set_nodelay(true);
+                monoio::spawn(crate::conn::serve(stream, Rc::clone(&core)));
+            }
+            Err(e) => {
+                // EMFILE and friends: log and keep serving the connections we have.
+                tracing::warn!(core = core.index, error = %e, "accept failed");
+                monoio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}

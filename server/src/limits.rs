@@ -1,0 +1,37 @@
+//! Every bound the server enforces on client input, as a const. Going over one is an error for
+//! the client (413, 414, 431) or a closed connection, never a panic or unbounded growth.
+
+/// Largest request head (request line + headers).
+pub const HEAD_BYTES_MAX: usize = 64 * 1024;
+/// Most request headers.
+pub const HEADERS_COUNT_MAX: usize = 96;
+/// Longest request target.
+pub const TARGET_BYTES_MAX: usize = 8 * 1024;
+/// Largest request body (a publish carries a base64 tarball: 4/3 of its size plus JSON).
+pub const BODY_BYTES_MAX: usize = engine::limits::TARBALL_BYTES_MAX / 3 * 4 + 8 * 1024 * 1024;
+/// Largest body for requests that are not publishes (login, dist-tags).
+pub const SMALL_BODY_BYTES_MAX: usize = 64 * 1024;
+/// Connection read buffer's starting capacity.
+pub const READ_BUFFER_BYTES: usize = 16 * 1024;
+/// Responses at most this large are copied into the output buffer (one write); larger bodies
+/// are written straight from their shared `Bytes`.
+pub const COPY_BODY_BYTES_MAX: usize = 32 * 1024;
+/// How long a client may take to send a complete request head once it started one.
+pub const HEADER_TIMEOUT_MS: u64 = 10_000;
+/// How long a keep-alive connection may sit idle between requests.
+pub const IDLE_TIMEOUT_MS: u64 = 60_000;
+/// How long a body may take to arrive, per read.
+pub const BODY_READ_TIMEOUT_MS: u64 = 30_000;
+/// Pending ops per shard writer before senders wait (bounded channel).
+pub const WRITER_QUEUE_DEPTH: usize = 1024;
+/// Ops one group commit takes at most.
+pub const WRITER_BATCH_MAX: usize = 256;
+/// Per-core packument cache budget.
+pub const PACKAGE_CACHE_BYTES_MAX: usize = 32 * 1024 * 1024;
+/// Per-core tarball cache budget, and the largest tarball it keeps.
+pub const TARBALL_CACHE_BYTES_MAX: usize = 64 * 1024 * 1024;
+pub const TARBALL_CACHE_ENTRY_BYTES_MAX: usize = 2 * 1024 * 1024;
+
+const _: () = assert!(HEADERS_COUNT_MAX * 4 < HEAD_BYTES_MAX);
+const _: () = assert!(SMALL_BODY_BYTES_MAX < BODY_BYTES_MAX);
+const _: () = assert!(TARBALL_CACHE_ENTRY_BYTES_MAX < TARBALL_CACHE_BYTES_MAX);

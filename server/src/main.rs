@@ -1,0 +1,124 @@
+//! The `agentregistry` binary: parse the command line, then run `serve` or `config`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use server::config::{Config, DriverChoice, RawConfig};
+use server::config_cli::ConfigCommand;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// AgentRegistry: a local-first, npm-compatible package registry (npm, pnpm, yarn, bun).
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the registry. Point clients at it with `npm config set registry URL`.
+    Serve {
+        /// Address to listen on (port 0 picks a free port and prints it).
+        #[arg(long, env = "AGENTREGISTRY_LISTEN", default_value = server::config::LISTEN_DEFAULT)]
+        listen: String,
+        /// Data directory [default: ~/.agentregistry].
+        #[arg(long, env = "AGENTREGISTRY_HOME")]
+        home: Option<PathBuf>,
+        /// URL clients reach the registry at, used in tarball URLs [default: http://LISTEN].
+        #[arg(long, env = "AGENTREGISTRY_PUBLIC_URL")]
+        public_url: Option<String>,
+        /// Number of cores (event loops) [default: all].
+        #[arg(long, env = "AGENTREGISTRY_CORES")]
+        cores: Option<usize>,
+        /// Shards for a new data directory [default: number of cores]; fixed once created.
+        #[arg(long, env = "AGENTREGISTRY_SHARDS")]
+        shards: Option<u32>,
+        /// I/O driver: io_uring with automatic epoll fallback, or one of them only.
+        #[arg(
+            long,
+            env = "AGENTREGISTRY_IO_DRIVER",
+            value_enum,
+            default_value = "auto"
+        )]
+        io_driver: DriverChoice,
+    },
+    /// Read or change the live config record (`<home>/config.bin`), also while serving.
+    Config {
+        /// Data directory [default: ~/.agentregistry].
+        #[arg(long, env = "AGENTREGISTRY_HOME", global = true)]
+        home: Option<PathBuf>,
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+fn default_home() -> Result<PathBuf, String> {
+    let home = std::env::var_os("HOME").ok_or("neither --home nor $HOME is set")?;
+    Ok(PathBuf::from(home).join(".agentregistry"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            listen,
+            home,
+            public_url,
+            cores,
+            shards,
+            io_driver,
+        } => {
+            init_logging();
+            let raw = RawConfig {
+                listen: Some(listen),
+                home,
+                public_url,
+                cores,
+                shards,
+                driver: Some(io_driver),
+            };
+            let config = match Config::validate(raw) {
+                Ok(config) => config,
+                Err(e) => {
+                    eprintln!("agentregistry: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match server::serve::run(&config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("agentregistry: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Config { home, command } => {
+            let result = home
+                .map_or_else(default_home, Ok)
+                .and_then(|h| server::config_cli::run(&h, command));
+            match result {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("agentregistry config: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AGENTREGISTRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

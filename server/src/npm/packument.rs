@@ -1,0 +1,98 @@
+//! `GET /NAME` (full or abbreviated packument) and `GET /NAME/VERSION|TAG`.
+//! Packuments are served from the pre-rendered served record: pick the representation from
+//! `Accept`, answer 304 when the client sent a matching validator, gzip when accepted.
+
+use engine::names::{DistTag, PackageName, Version};
+
+use crate::api_error::ApiError;
+use crate::cores::Core;
+use crate::http::parse::RequestHead;
+use crate::http::respond::{Reply, ABBREVIATED_JSON, JSON};
+
+pub(super) fn full_or_abbreviated(
+    name: &PackageName,
+    head: &RequestHead<'_>,
+    core: &Core,
+) -> Result<Reply, ApiError> {
+    let shard = core.shared.shard(name.as_str());
+    let served = core.packages.borrow_mut().get(shard, name.as_str())?;
+    let served = served.ok_or_else(|| not_found(name))?;
+    let (document, content_type) = if head.accept_abbreviated {
+        (&served.abbreviated, ABBREVIATED_JSON)
+    } else {
+        (&served.full, JSON)
+    };
+    if let Some(validators) = head.if_none_match {
+        if matches_any(validators, &document.etag) || matches_any(validators, &document.etag_gzip) {
+            let etag = if head.accept_gzip && document.gzip.is_some() {
+                document.etag_gzip.clone()
+            } else {
+                document.etag.clone()
+            };
+            return Ok(Reply::not_modified(etag, true));
+        }
+    }
+    let mut reply = Reply::json(200, document.identity.clone());
+    reply.content_type = content_type;
+    reply.vary_accept = true;
+    reply.etag = Some(document.etag.clone());
+    if head.accept_gzip {
+        if let Some(gzip) = &document.gzip {
+            reply.body = gzip.clone();
+            reply.gzip = true;
+            reply.etag = Some(document.etag_gzip.clone());
+        }
+    }
+    Ok(reply)
+}
+
+pub(super) fn version(name: &PackageName, spec: &str, core: &Core) -> Result<Reply, ApiError> {
+    let shard = core.shared.shard(name.as_str());
+    let stored = shard
+        .read_stored(name.as_str())?
+        .ok_or_else(|| not_found(name))?;
+    let version = if let Ok(version) = Version::parse(spec) {
+        version.as_str().to_owned()
+    } else {
+        let tag = DistTag::parse(spec)?;
+        stored
+            .dist_tags()
+            .get(tag.as_str())
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::not_found(format!("{name} has no version or dist-tag {spec:?}"))
+            })?
+    };
+    let body = stored
+        .render_version(&version, &core.shared.base_url)
+        .ok_or_else(|| ApiError::not_found(format!("version {version} of {name} not found")))?;
+    Ok(Reply::json(200, body))
+}
+
+pub(super) fn not_found(name: &PackageName) -> ApiError {
+    ApiError::not_found(format!("package {name} not found"))
+}
+
+/// `If-None-Match` is a list of validators or `*`; weak prefixes compare equal (RFC 9110's
+/// weak comparison, which is what a GET may use).
+fn matches_any(header: &[u8], etag: &[u8]) -> bool {
+    header.split(|&b| b == b',').any(|candidate| {
+        let candidate = candidate.trim_ascii();
+        let candidate = candidate.strip_prefix(b"W/").unwrap_or(candidate);
+        candidate == b"*" || candidate == etag
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::matches_any;
+
+    #[test]
+    fn validator_lists() {
+        assert!(matches_any(b"\"a\"", b"\"a\""));
+        assert!(matches_any(b"\"x\", W/\"a\"", b"\"a\""));
+        assert!(matches_any(b"*", b"\"a\""));
+        assert!(!matches_any(b"\"b\"", b"\"a\""));
+        assert!(!matches_any(b"", b"\"a\""));
+    }
+}

@@ -1,0 +1,25 @@
+//! `GET /NAME/-/FILE.tgz`. The file name is looked up in the package's tarball index (never
+//! joined to a path); the bytes come from the blob store through the core's tarball cache,
+//! verified against their blake3 name when read from disk.
+
+use engine::names::PackageName;
+
+use crate::api_error::ApiError;
+use crate::cores::Core;
+use crate::http::respond::{Reply, OCTET_STREAM};
+
+pub(super) fn get(name: &PackageName, file: &str, core: &Core) -> Result<Reply, ApiError> {
+    let shard = core.shared.shard(name.as_str());
+    let served = core.packages.borrow_mut().get(shard, name.as_str())?;
+    let served = served.ok_or_else(|| super::packument::not_found(name))?;
+    let tarball = served
+        .tarball(file)
+        .ok_or_else(|| ApiError::not_found(format!("tarball {file:?} of {name} not found")))?;
+    let bytes = core
+        .tarballs
+        .borrow_mut()
+        .get(&core.shared.blobs, &tarball.blob)?;
+    let mut reply = Reply::json(200, bytes);
+    reply.content_type = OCTET_STREAM;
+    Ok(reply)
+}

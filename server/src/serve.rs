@@ -1,0 +1,122 @@
+//! `agentregistry serve`, top-down: validate config -> bind -> open the data directory ->
+//! open shards, blobs, auth -> seed the config record -> start writers, auth worker and the
+//! config watcher -> announce readiness -> run the cores until the process is stopped.
+//!
+//! Stopping: every acknowledged write was durable before it was acknowledged, so the process
+//! may be killed at any moment; nothing needs flushing on the way out.
+
+use std::fs;
+use std::io::Write;
+use std::net::TcpListener;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use engine::auth::AuthStore;
+use engine::blob::BlobStore;
+use engine::config_record::{ConfigFile, ConfigRecord, FLAG_OPEN_REGISTRATION};
+use engine::data_dir::DataDir;
+use engine::shard::{ShardId, ShardStore};
+use rand::RngCore;
+
+use crate::auth::AuthWorker;
+use crate::config::Config;
+use crate::cores::{self, Shared};
+use crate::live_config::{self, LiveConfig};
+use crate::writer::Writers;
+
+/// Runs the registry until the process is stopped.
+///
+/// # Errors
+/// Anything that prevents serving: a bad data directory, a port in use, storage errors.
+pub fn run(config: &Config) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.listen)
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let base_url = config.base_url(&listener);
+    let data = DataDir::open_or_create(&config.home, config.shards_new)?;
+    let (config_file, record) = open_config_record(&data, &base_url, config)?;
+    if record.has(engine::config_record::FLAG_DEBUG) {
+        tracing::info!("debug flag set in the config record");
+    }
+    let mut shards = Vec::with_capacity(usize::from(data.shard_count()));
+    for index in 0..data.shard_count() {
+        let id = ShardId(index);
+        let shard = ShardStore::open(&data.shard_path(id), id, &base_url)
+            .with_context(|| format!("cannot open shard {index}"))?;
+        shards.push(Arc::new(shard));
+    }
+    let blobs = Arc::new(BlobStore::open(&data.blobs_path())?);
+    let auth = Arc::new(AuthStore::open(&data.auth_path())?);
+    write_admin_token(data.home())?;
+    let (writers, _writer_threads) = Writers::start(&shards, &blobs)?;
+    let auth_worker = AuthWorker::start(Arc::clone(&auth))?;
+    let live = Arc::new(LiveConfig::new(&record));
+    live_config::start_watcher(config_file, Arc::clone(&live))?;
+    let shared = Arc::new(Shared {
+        base_url: base_url.clone(),
+        shards,
+        blobs,
+        auth,
+        auth_worker,
+        writers,
+        live,
+    });
+    tracing::info!(
+        home = %data.home().display(),
+        shard.count = data.shard_count(),
+        cores = config.cores,
+        url = %base_url,
+        "agentregistry ready"
+    );
+    let bound = listener.local_addr()?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "agentregistry listening on http://{bound}")?;
+    stdout.flush()?;
+    drop(stdout);
+    cores::run(config.cores, config.driver, &listener, &shared)
+}
+
+/// Opens `config.bin` (created with defaults on first start: registration open when the
+/// registry listens on loopback) and applies `AGENTREGISTRY_*` variables from the environment.
+fn open_config_record(
+    data: &DataDir,
+    base_url: &str,
+    config: &Config,
+) -> anyhow::Result<(ConfigFile, ConfigRecord)> {
+    let flags = if config.listen.ip().is_loopback() {
+        FLAG_OPEN_REGISTRATION
+    } else {
+        0
+    };
+    let initial = ConfigRecord::new(base_url, flags);
+    let (mut file, mut record) = ConfigFile::open_or_create(&data.config_path(), &initial)?;
+    let seeded = crate::config_cli::apply_env(record, |name| std::env::var(name).ok())
+        .map_err(|e| anyhow::anyhow!("environment: {e}"))?;
+    let hash = engine::config_record::registry_hash(base_url);
+    let wanted = ConfigRecord {
+        registry_hash: hash,
+        ..seeded
+    };
+    if wanted != record {
+        record = file.write(&wanted)?;
+    }
+    Ok((file, record))
+}
+
+/// SPEC section 2: an admin session token in `<home>/admin.token`, mode 0600, new each start.
+fn write_admin_token(home: &Path) -> anyhow::Result<()> {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let path = home.join("admin.token");
+    let _ = fs::remove_file(&path);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    file.write_all(hex::encode(bytes).as_bytes())?;
+    file.sync_all()?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+    Ok(())
+}
