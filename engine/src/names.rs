@@ -29,82 +29,10 @@ use crate::limits::{
 /// Names npm reserves outright (compared case-insensitively, as npm does).
 const RESERVED_NAMES: [&str; 2] = ["node_modules", "favicon.ico"];
 
-/// `require("module").builtinModules` of Node.js 20. npm refuses these as new package names so
-/// that `require("fs")` can never resolve to a registry package. Modules that exist only with
-/// the `node:` prefix (`node:test`, `node:sea`) are absent on purpose: without the prefix they
-/// are ordinary package names (`test` is a real npm package), and npm does not reserve them.
-/// Entries with a `/` can never be unscoped names anyway; they are listed so the table stays a
-/// faithful copy that is easy to diff against a newer Node.js release.
-pub const NODE_CORE_MODULES: &[&str] = &[
-    "_http_agent",
-    "_http_client",
-    "_http_common",
-    "_http_incoming",
-    "_http_outgoing",
-    "_http_server",
-    "_stream_duplex",
-    "_stream_passthrough",
-    "_stream_readable",
-    "_stream_transform",
-    "_stream_wrap",
-    "_stream_writable",
-    "_tls_common",
-    "_tls_wrap",
-    "assert",
-    "assert/strict",
-    "async_hooks",
-    "buffer",
-    "child_process",
-    "cluster",
-    "console",
-    "constants",
-    "crypto",
-    "dgram",
-    "diagnostics_channel",
-    "dns",
-    "dns/promises",
-    "domain",
-    "events",
-    "fs",
-    "fs/promises",
-    "http",
-    "http2",
-    "https",
-    "inspector",
-    "inspector/promises",
-    "module",
-    "net",
-    "os",
-    "path",
-    "path/posix",
-    "path/win32",
-    "perf_hooks",
-    "process",
-    "punycode",
-    "querystring",
-    "readline",
-    "readline/promises",
-    "repl",
-    "stream",
-    "stream/consumers",
-    "stream/promises",
-    "stream/web",
-    "string_decoder",
-    "sys",
-    "timers",
-    "timers/promises",
-    "tls",
-    "trace_events",
-    "tty",
-    "url",
-    "util",
-    "util/types",
-    "v8",
-    "vm",
-    "wasi",
-    "worker_threads",
-    "zlib",
-];
+// Node.js core-module names ("events", "punycode", "buffer", ...) are accepted on purpose:
+// npm refuses them for new packages, but the public registry hosts legacy packages with those
+// names that real dependency trees install (the shared corpus has `events` and `punycode`),
+// and AgentRegistry must be able to hold any package npm serves.
 
 /// Characters `encodeURIComponent` leaves alone but npm still refuses in new names.
 const NAME_SPECIAL_CHARS: &str = "~'!()*";
@@ -184,8 +112,6 @@ pub enum NameError {
         "package name {name} is reserved: \"node_modules\" and \"favicon.ico\" cannot be used"
     )]
     Reserved { name: Quoted },
-    #[error("package name {name} is the name of a Node.js core module")]
-    CoreModule { name: Quoted },
     #[error("package name {name} contains uppercase letters; new npm package names are lowercase")]
     Uppercase { name: Quoted },
     #[error(
@@ -391,12 +317,6 @@ fn check_name_scoped(s: &str, rest: &str) -> Result<(), NameError> {
 fn check_name_unscoped(s: &str) -> Result<(), NameError> {
     if s.contains('/') {
         return Err(NameError::SlashInUnscoped {
-            name: Quoted::new(s),
-        });
-    }
-    // Already known to be lowercase, so an exact match is npm's case-insensitive one.
-    if NODE_CORE_MODULES.contains(&s) {
-        return Err(NameError::CoreModule {
             name: Quoted::new(s),
         });
     }
@@ -633,12 +553,6 @@ mod tests {
             ("favicon.ico", "Reserved"),
             ("Node_Modules", "Reserved"),
             ("FAVICON.ICO", "Reserved"),
-            ("fs", "CoreModule"),
-            ("http", "CoreModule"),
-            ("path", "CoreModule"),
-            ("worker_threads", "CoreModule"),
-            ("diagnostics_channel", "CoreModule"),
-            ("wasi", "CoreModule"),
             ("Lodash", "Uppercase"),
             ("FS", "Uppercase"),
             ("@Scope/x", "Uppercase"),
@@ -701,17 +615,9 @@ mod tests {
     }
 
     #[test]
-    fn core_module_list_has_the_usual_suspects_and_no_prefix_only_modules() {
-        for m in [
-            "fs", "http", "https", "path", "os", "crypto", "stream", "util", "zlib",
-        ] {
-            assert!(NODE_CORE_MODULES.contains(&m), "{m} missing");
-        }
-        for m in ["test", "sea", "sqlite", "node:fs"] {
-            assert!(
-                !NODE_CORE_MODULES.contains(&m),
-                "{m} should not be reserved"
-            );
+    fn legacy_core_module_names_are_accepted() {
+        for m in ["events", "punycode", "buffer", "util", "fs"] {
+            assert!(PackageName::parse(m).is_ok(), "{m} refused");
         }
     }
 
@@ -741,14 +647,6 @@ mod tests {
             "{msg}"
         );
         assert!(msg.len() < 300, "{msg}");
-
-        let msg = PackageName::parse("fs")
-            .expect_err("core module")
-            .to_string();
-        assert_eq!(
-            msg,
-            "package name \"fs\" is the name of a Node.js core module"
-        );
     }
 
     #[test]
@@ -916,7 +814,7 @@ mod tests {
                 None => base.clone(),
             };
             let expect_ok = scope.is_some()
-                || !(NODE_CORE_MODULES.contains(&base.as_str()) || base == "node_modules");
+                || base != "node_modules";
             prop_assert_eq!(PackageName::parse(&s).is_ok(), expect_ok, "{}", s);
         }
 

@@ -426,10 +426,10 @@ pub fn plan_publish(
             tags_changed = true;
         }
     }
-    if !stored
+    if stored
         .doc
         .get("dist-tags")
-        .is_some_and(|t| t.get("latest").is_some())
+        .is_none_or(|t| t.get("latest").is_none())
     {
         if let Some(highest) = added.iter().max_by(|a, b| a.semver().cmp(&b.semver())) {
             dist_tags_mut(&mut stored)

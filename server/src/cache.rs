@@ -106,3 +106,62 @@ impl TarballCache {
         Ok(bytes)
     }
 }
+
+/// A document re-pointed at another base URL (identity bytes only: the alternate-host path is
+/// the exception, so it is not worth a gzip pass per host).
+pub struct Rebased {
+    pub rev: u64,
+    pub etag: Bytes,
+    pub body: Bytes,
+}
+
+/// Per-core cache of documents rebased for a client's `Host`, keyed by (host, name,
+/// abbreviated). Bounded like the others.
+#[derive(Default)]
+pub struct RebasedCache {
+    entries: HashMap<(Box<str>, Box<str>, bool), Rc<Rebased>>,
+    bytes: usize,
+}
+
+impl RebasedCache {
+    /// `document` (rendered for `from_base`) with its tarball URLs re-pointed at `to_base`.
+    pub fn get(
+        &mut self,
+        name: &str,
+        served: &Served,
+        abbreviated: bool,
+        to_base: &str,
+    ) -> Rc<Rebased> {
+        let key = (to_base.into(), name.into(), abbreviated);
+        if let Some(hit) = self.entries.get(&key) {
+            if hit.rev == served.rev {
+                return Rc::clone(hit);
+            }
+        }
+        let document = if abbreviated {
+            &served.abbreviated
+        } else {
+            &served.full
+        };
+        let text = String::from_utf8_lossy(&document.identity);
+        let from = format!("\"tarball\":\"{}/", served.base_url);
+        let to = format!("\"tarball\":\"{to_base}/");
+        let body = Bytes::from(text.replace(&from, &to));
+        let tag = xxhash_rust::xxh3::xxh3_64(to_base.as_bytes());
+        let inner = document.etag.strip_suffix(b"\"").unwrap_or(&document.etag);
+        let mut etag = inner.to_vec();
+        etag.extend_from_slice(format!("-h{tag:016x}\"").as_bytes());
+        let rebased = Rc::new(Rebased {
+            rev: served.rev,
+            etag: Bytes::from(etag),
+            body,
+        });
+        if self.bytes + rebased.body.len() > PACKAGE_CACHE_BYTES_MAX {
+            self.entries.clear();
+            self.bytes = 0;
+        }
+        self.bytes += rebased.body.len();
+        self.entries.insert(key, Rc::clone(&rebased));
+        rebased
+    }
+}

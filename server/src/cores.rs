@@ -8,6 +8,7 @@
 //!   measurement behind this choice.
 //! - Writes go to the shard's single writer thread (`writer.rs`) over a bounded channel; the
 //!   core awaits the durable result. Auth hashing and auth writes go to the auth worker.
+//!
 //! Shared state (`Shared`) is immutable after startup except through atomics (shard
 //! generations, the live config record); per-core state (`Core`) is `!Send` and never locked.
 
@@ -22,14 +23,19 @@ use engine::blob::BlobStore;
 use engine::shard::{shard_for, ShardStore};
 
 use crate::auth::{AuthWorker, BasicCache};
-use crate::cache::{PackageCache, TarballCache};
+use crate::cache::{PackageCache, RebasedCache, TarballCache};
 use crate::config::DriverChoice;
 use crate::live_config::LiveConfig;
 use crate::writer::Writers;
 
 /// State every core shares (read-mostly; mutation only through atomics inside).
 pub struct Shared {
+    /// The base URL documents are pre-rendered for.
     pub base_url: String,
+    /// Set when the operator gave `--public-url`: then tarball URLs always use it. Otherwise
+    /// a client that reached us under another `Host` (e.g. `localhost` vs `127.0.0.1`) gets
+    /// URLs for that host, as Verdaccio does, so its credentials and http allow-lists apply.
+    pub public_url_explicit: bool,
     pub shards: Vec<Arc<ShardStore>>,
     pub blobs: Arc<BlobStore>,
     pub auth: Arc<AuthStore>,
@@ -39,6 +45,17 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The base URL for a request that named `host`, when it differs from `base_url`.
+    #[must_use]
+    pub fn rebase_for(&self, host: Option<&str>) -> Option<String> {
+        if self.public_url_explicit {
+            return None;
+        }
+        let host = host?;
+        let authority = self.base_url.strip_prefix("http://")?;
+        (host != authority).then(|| format!("http://{host}"))
+    }
+
     /// The shard that owns `name`.
     #[must_use]
     pub fn shard(&self, name: &str) -> &Arc<ShardStore> {
@@ -52,6 +69,7 @@ pub struct Core {
     pub index: usize,
     pub shared: Arc<Shared>,
     pub packages: RefCell<PackageCache>,
+    pub rebased: RefCell<RebasedCache>,
     pub tarballs: RefCell<TarballCache>,
     pub basic: RefCell<BasicCache>,
     date: RefCell<(u64, String)>,
@@ -63,6 +81,7 @@ impl Core {
             index,
             shared,
             packages: RefCell::default(),
+            rebased: RefCell::default(),
             tarballs: RefCell::default(),
             basic: RefCell::default(),
             date: RefCell::new((0, String::new())),

@@ -55,6 +55,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     live_config::start_watcher(config_file, Arc::clone(&live))?;
     let shared = Arc::new(Shared {
         base_url: base_url.clone(),
+        public_url_explicit: config.public_url.is_some(),
         shards,
         blobs,
         auth,

@@ -285,29 +285,28 @@ fn dist_tags(npm: &Client<'_>, name: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Checks an error response: the status, and (AgentRegistry) the JSON `{error, message}` body.
+/// Checks an error response: the status, and (on `AgentRegistry`) the JSON body
+/// `{"error": ..., "message": ...}`.
 fn assert_error(registry: &Registry, response: &Response, status: u16, context: &str) {
+    let shown = response.describe();
     assert_eq!(
-        response.status,
-        status,
-        "{context}: expected status {status}\n{}",
-        response.describe()
+        response.status, status,
+        "{context}: expected status {status}\n{shown}"
     );
     let json: Option<Value> = serde_json::from_slice(&response.body).ok();
-    let shaped = json.as_ref().is_some_and(|j| {
-        j.get("error").is_some_and(Value::is_string)
-            && j.get("message").is_some_and(Value::is_string)
-    });
-    if !shaped
-        && !registry.relax(&format!(
+    let has = |key: &str| {
+        json.as_ref()
+            .and_then(|j| j.get(key))
+            .is_some_and(Value::is_string)
+    };
+    let shaped = (has("error") && has("message"))
+        || registry.relax(&format!(
             "{context}: error body is not {{\"error\",\"message\"}}"
-        ))
-    {
-        panic!(
-            "{context}: expected a JSON body {{\"error\": ..., \"message\": ...}}\n{}",
-            response.describe()
-        );
-    }
+        ));
+    assert!(
+        shaped,
+        "{context}: expected a JSON body {{\"error\": .., \"message\": ..}}\n{shown}"
+    );
 }
 
 /// Publishes `version` of `name` again through raw HTTP with different tarball bytes, the
@@ -377,8 +376,9 @@ fn republish_raw(npm: &Client<'_>, registry: &Registry, name: &str, version: &st
 
 /// Goal: the whole npm publisher workflow works with the real npm 11 CLI.
 /// Method: real `npm login` (through a pty), whoami, publish unscoped and scoped, refused
-/// republish (tarball unchanged), view, dist-tag add/ls/rm, then a fresh anonymous npm
-/// with an empty cache installs a project whose dependency tree needs range resolution.
+/// republish (tarball unchanged), view, dist-tag add/ls/rm, re-login from a fresh HOME,
+/// then a fresh anonymous npm with an empty cache installs a project whose dependency tree
+/// needs range resolution.
 #[test]
 fn npm_login_publish_view_dist_tag_install() {
     let registry = Registry::start();
@@ -386,17 +386,9 @@ fn npm_login_publish_view_dist_tag_install() {
     let Some(mut npm) = Client::new(Tool::Npm, &registry) else {
         return;
     };
-    let home = npm.home();
 
     npm.npm_login(&names.user, PASSWORD);
-    let whoami = npm.run_ok(&["whoami"], &home, "npm whoami after npm login");
-    assert_eq!(
-        whoami.stdout.trim(),
-        names.user,
-        "npm whoami: expected the logged-in user\n{}",
-        whoami.describe()
-    );
-
+    expect_whoami(&npm, &names.user);
     publish(
         &npm,
         &names.alpha,
@@ -418,132 +410,21 @@ fn npm_login_publish_view_dist_tag_install() {
         &[],
         &marker_module(&names.alpha, "1.1.0"),
     );
-
-    // Republishing 1.1.0 must fail and leave the stored tarball alone.
-    let (_, doc) = packument(&registry, &names.alpha, "application/json");
-    let path = tarball_path(&registry, &doc, "1.1.0");
-    let before = get_tarball(&registry, &path);
-    let integrity_before = dist_field(&doc, "1.1.0", "integrity");
-    assert_eq!(
-        common::sha512_integrity(&before),
-        integrity_before,
-        "GET {path}: bytes do not match dist.integrity"
-    );
-    let again = npm.new_dir("alpha-1.1.0-cli-again");
-    common::write_package(
-        &again,
-        &names.alpha,
-        "1.1.0",
-        &[],
-        "module.exports = 'changed';\n",
-    );
-    npm.run_fails(
-        &["publish"],
-        &again,
-        "npm publish of an existing version (1.1.0)",
-    );
-    let conflict = republish_raw(&npm, &registry, &names.alpha, "1.1.0");
-    if conflict.status != 409 {
-        let lenient = (400..500).contains(&conflict.status)
-            && registry.relax(&format!(
-                "republish answered {} instead of 409",
-                conflict.status
-            ));
-        assert!(
-            lenient,
-            "raw PUT republishing {}@1.1.0: expected 409\n{}",
-            names.alpha,
-            conflict.describe()
-        );
-    }
-    let after = get_tarball(&registry, &path);
-    assert!(
-        after == before,
-        "GET {path} after the refused republish: expected the original {} bytes ({integrity_before}), got {} bytes ({})",
-        before.len(),
-        after.len(),
-        common::sha512_integrity(&after)
-    );
-    let (_, doc) = packument(&registry, &names.alpha, "application/json");
-    assert_eq!(
-        dist_field(&doc, "1.1.0", "integrity"),
-        integrity_before,
-        "dist.integrity of 1.1.0 changed by a refused republish"
-    );
-
-    let view = npm.run_ok(
-        &["view", &names.alpha, "versions", "--json"],
-        &home,
-        "npm view versions",
-    );
-    let versions: Value = serde_json::from_str(&view.stdout).unwrap_or_else(|e| {
-        panic!(
-            "npm view versions --json: expected JSON ({e})\n{}",
-            view.describe()
-        )
-    });
-    assert_eq!(
-        versions,
-        serde_json::json!(["1.0.0", "1.1.0"]),
-        "npm view {} versions\n{}",
-        names.alpha,
-        view.describe()
-    );
-    let spec = format!("{}@1.0.0", names.alpha);
-    let view = npm.run_ok(
-        &["view", &spec, "version"],
-        &home,
-        "npm view NAME@1.0.0 version",
-    );
-    assert_eq!(
-        view.stdout.trim(),
-        "1.0.0",
-        "npm view {spec} version\n{}",
-        view.describe()
-    );
-
-    npm.run_ok(
-        &["dist-tag", "add", &spec, "stable"],
-        &home,
-        "npm dist-tag add NAME@1.0.0 stable",
-    );
-    let tags = dist_tags(&npm, &names.alpha);
-    let expected: BTreeMap<String, String> = [("latest", "1.1.0"), ("stable", "1.0.0")]
-        .into_iter()
-        .map(|(k, v)| (k.into(), v.into()))
-        .collect();
-    assert_eq!(tags, expected, "npm dist-tag ls after adding `stable`");
-    npm.run_ok(
-        &["dist-tag", "rm", &names.alpha, "stable"],
-        &home,
-        "npm dist-tag rm NAME stable",
-    );
-    let tags = dist_tags(&npm, &names.alpha);
-    let expected: BTreeMap<String, String> = [("latest".to_string(), "1.1.0".to_string())].into();
-    assert_eq!(tags, expected, "npm dist-tag ls after removing `stable`");
-
+    republish_is_refused(&npm, &registry, &names.alpha, "1.1.0");
+    view_lists_versions(&npm, &names.alpha);
+    dist_tag_add_ls_rm(&npm, &names.alpha);
     let deps = [
         (names.alpha.as_str(), "^1.0.0"),
         (names.beta.as_str(), "^1.0.0"),
     ];
     publish(&npm, &names.gamma, "1.0.0", &deps, &gamma_module(&names));
 
-    // Logging in again as the existing user works from a machine with a fresh HOME.
+    // Logging in again as the now existing user, from a fresh HOME.
     let Some(mut second) = Client::new(Tool::Npm, &registry) else {
         return;
     };
     second.npm_login(&names.user, PASSWORD);
-    let whoami = second.run_ok(
-        &["whoami"],
-        &second.home(),
-        "npm whoami after logging in again",
-    );
-    assert_eq!(
-        whoami.stdout.trim(),
-        names.user,
-        "npm whoami after re-login\n{}",
-        whoami.describe()
-    );
+    expect_whoami(&second, &names.user);
 
     let Some(fresh) = Client::new(Tool::Npm, &registry) else {
         return;
@@ -552,6 +433,128 @@ fn npm_login_publish_view_dist_tag_install() {
     common::write_project(&project, &[(names.gamma.as_str(), "^1.0.0")]);
     fresh.install(&project);
     assert_installed(&fresh, &project, &names);
+}
+
+fn expect_whoami(npm: &Client<'_>, user: &str) {
+    let out = npm.run_ok(&["whoami"], &npm.home(), "npm whoami after npm login");
+    let got = out.stdout.trim();
+    assert_eq!(
+        got,
+        user,
+        "npm whoami: expected {user:?}, got {got:?}\n{}",
+        out.describe()
+    );
+}
+
+/// `npm publish` of an existing version fails, a raw PUT of it answers 409, and the stored
+/// tarball (bytes and `dist.integrity`) stays what it was.
+fn republish_is_refused(npm: &Client<'_>, registry: &Registry, name: &str, version: &str) {
+    let (_, doc) = packument(registry, name, "application/json");
+    let path = tarball_path(registry, &doc, version);
+    let before = get_tarball(registry, &path);
+    let integrity = dist_field(&doc, version, "integrity");
+    let hashed = common::sha512_integrity(&before);
+    assert_eq!(
+        hashed, integrity,
+        "GET {path}: bytes do not match dist.integrity"
+    );
+
+    let again = npm.new_dir(&format!("{}-{version}-cli-again", name.replace('/', "+")));
+    common::write_package(&again, name, version, &[], "module.exports = 'changed';\n");
+    let what = format!("npm publish of the existing {name}@{version}");
+    npm.run_fails(&["publish"], &again, &what);
+
+    let conflict = republish_raw(npm, registry, name, version);
+    if conflict.status != 409 {
+        let other = format!("republish answered {} instead of 409", conflict.status);
+        let lenient = (400..500).contains(&conflict.status) && registry.relax(&other);
+        let shown = conflict.describe();
+        assert!(
+            lenient,
+            "raw PUT republishing {name}@{version}: expected 409\n{shown}"
+        );
+    }
+    let after = get_tarball(registry, &path);
+    assert!(
+        after == before,
+        "GET {path} after the refused republish: expected the original {} bytes \
+         ({integrity}), got {} bytes ({})",
+        before.len(),
+        after.len(),
+        common::sha512_integrity(&after)
+    );
+    let (_, doc) = packument(registry, name, "application/json");
+    let now = dist_field(&doc, version, "integrity");
+    assert_eq!(
+        now, integrity,
+        "dist.integrity of {version} changed by a refused republish"
+    );
+}
+
+fn view_lists_versions(npm: &Client<'_>, name: &str) {
+    let home = npm.home();
+    let out = npm.run_ok(
+        &["view", name, "versions", "--json"],
+        &home,
+        "npm view versions",
+    );
+    let versions: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "npm view {name} versions --json: expected JSON ({e})\n{}",
+            out.describe()
+        )
+    });
+    let expected = serde_json::json!(["1.0.0", "1.1.0"]);
+    assert_eq!(
+        versions,
+        expected,
+        "npm view {name} versions --json\n{}",
+        out.describe()
+    );
+
+    let spec = format!("{name}@1.0.0");
+    let out = npm.run_ok(
+        &["view", &spec, "version"],
+        &home,
+        "npm view NAME@1.0.0 version",
+    );
+    let got = out.stdout.trim();
+    assert_eq!(got, "1.0.0", "npm view {spec} version\n{}", out.describe());
+}
+
+fn dist_tag_add_ls_rm(npm: &Client<'_>, name: &str) {
+    let home = npm.home();
+    let spec = format!("{name}@1.0.0");
+    npm.run_ok(
+        &["dist-tag", "add", &spec, "stable"],
+        &home,
+        "npm dist-tag add NAME@1.0.0 stable",
+    );
+    let tags = dist_tags(npm, name);
+    let expected = tag_map(&[("latest", "1.1.0"), ("stable", "1.0.0")]);
+    assert_eq!(
+        tags, expected,
+        "npm dist-tag ls {name} after adding `stable`"
+    );
+
+    npm.run_ok(
+        &["dist-tag", "rm", name, "stable"],
+        &home,
+        "npm dist-tag rm NAME stable",
+    );
+    let tags = dist_tags(npm, name);
+    let expected = tag_map(&[("latest", "1.1.0")]);
+    assert_eq!(
+        tags, expected,
+        "npm dist-tag ls {name} after removing `stable`"
+    );
+}
+
+fn tag_map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+        .collect()
 }
 
 /// Goal: `tool` installs the fixture tree published by npm. Method: seed with npm, then a
@@ -590,7 +593,7 @@ fn yarn_berry_install_resolves_range_and_scoped_dependency() {
 
 /// Goal: the HTTP details clients and caches rely on. Method: seed with npm, then raw
 /// HTTP/1.1 requests: content negotiation, ETag/304, gzip, tarball path forms, version and
-/// tag documents, dist-tags, errors.
+/// tag documents, dist-tags, whoami, errors.
 #[test]
 fn raw_http_packument_negotiation_etag_gzip_and_tarballs() {
     let registry = Registry::start();
@@ -598,325 +601,322 @@ fn raw_http_packument_negotiation_etag_gzip_and_tarballs() {
     let Some(npm) = seeded_publisher(&registry, &names) else {
         return;
     };
-    let alpha_path = format!("/{}", names.alpha);
 
-    // Abbreviated packument: its own content type, the `time` map, and its own ETag.
-    let (corgi, corgi_doc) = packument(&registry, &names.alpha, NPM_CORGI_ACCEPT);
+    let etags = negotiation(&registry, &names.alpha);
+    conditional_requests(&registry, &names.alpha, &etags);
+    gzip_when_accepted(&registry, &names.alpha);
+    tarballs_match_integrity(&registry, &names);
+    version_and_tag_documents(&registry, &names.alpha);
+    let token = npm.token().expect("the publisher is logged in");
+    whoami_and_dist_tags(&registry, &names, token);
+    errors(&registry, &names);
+}
+
+/// The `ETag`s of the abbreviated and the full packument.
+struct Etags {
+    abbreviated: String,
+    full: String,
+}
+
+/// Abbreviated packument: its own content type, the `time` map, its own `ETag`; both forms
+/// say `Vary: Accept`.
+fn negotiation(registry: &Registry, name: &str) -> Etags {
+    let (corgi, corgi_doc) = packument(registry, name, NPM_CORGI_ACCEPT);
     let content_type = corgi.header("content-type").unwrap_or_default();
     assert!(
         content_type.starts_with(ABBREVIATED),
-        "GET {alpha_path} (Accept: {NPM_CORGI_ACCEPT}): expected content-type {ABBREVIATED}\n{}",
+        "GET /{name} (Accept: {NPM_CORGI_ACCEPT}): expected content-type {ABBREVIATED}\n{}",
         corgi.describe()
     );
-    for key in ["1.0.0", "1.1.0"] {
+    for version in ["1.0.0", "1.1.0"] {
+        let time = corgi_doc.pointer(&format!("/time/{version}"));
         assert!(
-            corgi_doc
-                .pointer(&format!("/time/{key}"))
-                .is_some_and(Value::is_string),
-            "abbreviated packument: expected time[{key:?}] (release-age gates need it)\n{}",
+            time.is_some_and(Value::is_string),
+            "abbreviated packument: expected time[{version:?}] (release-age gates need it)\n{}",
             corgi.describe()
         );
+        let dist = corgi_doc.pointer(&format!("/versions/{version}/dist/tarball"));
+        let shown = corgi.describe();
         assert!(
-            corgi_doc
-                .pointer(&format!("/versions/{key}/dist/tarball"))
-                .is_some(),
-            "abbreviated packument lacks versions[{key}].dist\n{}",
-            corgi.describe()
+            dist.is_some(),
+            "abbreviated packument lacks versions[{version}].dist\n{shown}"
         );
     }
+    let latest = corgi_doc.pointer("/dist-tags/latest");
+    let shown = corgi.describe();
     assert_eq!(
-        corgi_doc.pointer("/dist-tags/latest"),
+        latest,
         Some(&Value::from("1.1.0")),
-        "abbreviated dist-tags.latest\n{}",
-        corgi.describe()
+        "abbreviated dist-tags.latest\n{shown}"
     );
-    let (full, full_doc) = packument(&registry, &names.alpha, "application/json");
+
+    let (full, full_doc) = packument(registry, name, "application/json");
     let full_type = full.header("content-type").unwrap_or_default();
     assert!(
         full_type.starts_with("application/json"),
-        "GET {alpha_path} (Accept: application/json): expected content-type application/json\n{}",
+        "GET /{name} (Accept: application/json): expected content-type application/json\n{}",
         full.describe()
     );
+    let shown = full.describe();
     assert_eq!(
         full_doc.get("name"),
-        Some(&Value::from(names.alpha.as_str())),
-        "full packument name\n{}",
-        full.describe()
+        Some(&Value::from(name)),
+        "full packument name\n{shown}"
     );
-    let corgi_etag = corgi
-        .header("etag")
-        .unwrap_or_else(|| {
-            panic!(
-                "abbreviated packument: expected an ETag\n{}",
-                corgi.describe()
-            )
-        })
-        .to_string();
-    let full_etag = full
-        .header("etag")
-        .unwrap_or_else(|| panic!("full packument: expected an ETag\n{}", full.describe()))
-        .to_string();
+
+    let etag = |r: &Response, which: &str| -> String {
+        let etag = r.header("etag");
+        etag.unwrap_or_else(|| panic!("{which} packument: expected an ETag\n{}", r.describe()))
+            .to_string()
+    };
+    let etags = Etags {
+        abbreviated: etag(&corgi, "abbreviated"),
+        full: etag(&full, "full"),
+    };
     assert_ne!(
-        corgi_etag, full_etag,
+        etags.abbreviated, etags.full,
         "the abbreviated and the full packument must not share an ETag (caches would mix them)"
     );
     for (response, which) in [(&corgi, "abbreviated"), (&full, "full")] {
         let vary = response.header_tokens("vary");
-        let varies = vary.iter().any(|t| t.eq_ignore_ascii_case("accept"));
-        if !varies && !registry.relax(&format!("{which} packument Vary {vary:?} lacks Accept")) {
-            panic!(
-                "{which} packument: expected `Vary` to contain `Accept`, got {vary:?}\n{}",
-                response.describe()
-            );
+        let varies = vary.iter().any(|t| t.eq_ignore_ascii_case("accept"))
+            || registry.relax(&format!("{which} packument Vary {vary:?} lacks Accept"));
+        let shown = response.describe();
+        assert!(
+            varies,
+            "{which} packument: expected Vary to contain Accept, got {vary:?}\n{shown}"
+        );
+    }
+    etags
+}
+
+/// `If-None-Match` with the current `ETag` gives 304 (no body); another document's `ETag`, a
+/// stale one, or none give 200.
+fn conditional_requests(registry: &Registry, name: &str, etags: &Etags) {
+    let path = format!("/{name}");
+    let cases = [
+        (
+            NPM_CORGI_ACCEPT,
+            Some(etags.abbreviated.as_str()),
+            304,
+            "the abbreviated ETag",
+        ),
+        (
+            "application/json",
+            Some(etags.full.as_str()),
+            304,
+            "the full ETag",
+        ),
+        (
+            "application/json",
+            Some(etags.abbreviated.as_str()),
+            200,
+            "the other document's ETag",
+        ),
+        (
+            NPM_CORGI_ACCEPT,
+            Some("\"e2e-stale-etag\""),
+            200,
+            "a stale ETag",
+        ),
+        (NPM_CORGI_ACCEPT, None, 200, "no If-None-Match"),
+    ];
+    for (accept, etag, status, case) in cases {
+        let mut headers = vec![("Accept", accept)];
+        headers.extend(etag.map(|e| ("If-None-Match", e)));
+        let response = registry.get(&path, &headers);
+        let shown = response.describe();
+        assert_eq!(
+            response.status, status,
+            "GET {path} (Accept: {accept}) with {case}: expected {status}\n{shown}"
+        );
+        if status == 304 {
+            assert!(response.body.is_empty(), "304 must have no body\n{shown}");
         }
     }
+}
 
-    // Conditional requests.
-    let not_modified = registry.get(
-        &alpha_path,
-        &[("Accept", NPM_CORGI_ACCEPT), ("If-None-Match", &corgi_etag)],
-    );
-    assert_eq!(
-        not_modified.status,
-        304,
-        "GET {alpha_path} with If-None-Match: {corgi_etag}: expected 304\n{}",
-        not_modified.describe()
-    );
+/// gzip when the client accepts it (same JSON once decompressed), identity otherwise.
+fn gzip_when_accepted(registry: &Registry, name: &str) {
+    let path = format!("/{name}");
+    let (_, identity_doc) = packument(registry, name, NPM_CORGI_ACCEPT);
+    let identity = registry.get(&path, &[("Accept", NPM_CORGI_ACCEPT)]);
+    let encoding = identity.header("content-encoding");
+    let shown = identity.describe();
+    let uncompressed = encoding.is_none_or(|e| e == "identity");
     assert!(
-        not_modified.body.is_empty(),
-        "304 must have no body\n{}",
-        not_modified.describe()
-    );
-    let full_304 = registry.get(
-        &alpha_path,
-        &[
-            ("Accept", "application/json"),
-            ("If-None-Match", &full_etag),
-        ],
-    );
-    assert_eq!(
-        full_304.status,
-        304,
-        "GET {alpha_path} (full) with If-None-Match: {full_etag}: expected 304\n{}",
-        full_304.describe()
-    );
-    let crossed = registry.get(
-        &alpha_path,
-        &[
-            ("Accept", "application/json"),
-            ("If-None-Match", &corgi_etag),
-        ],
-    );
-    assert_eq!(crossed.status, 200, "GET {alpha_path} (full) with the abbreviated ETag: expected 200, not a 304 for the other document\n{}", crossed.describe());
-    let stale = registry.get(
-        &alpha_path,
-        &[
-            ("Accept", NPM_CORGI_ACCEPT),
-            ("If-None-Match", "\"e2e-stale-etag\""),
-        ],
-    );
-    assert_eq!(
-        stale.status,
-        200,
-        "GET {alpha_path} with a stale If-None-Match: expected 200\n{}",
-        stale.describe()
-    );
-    let plain = registry.get(&alpha_path, &[("Accept", NPM_CORGI_ACCEPT)]);
-    assert_eq!(
-        plain.status,
-        200,
-        "GET {alpha_path} without If-None-Match: expected 200\n{}",
-        plain.describe()
+        uncompressed,
+        "GET {path} without Accept-Encoding: expected no compression\n{shown}"
     );
 
-    // gzip when asked for, identical JSON once decompressed.
-    let gzipped = registry.get(
-        &alpha_path,
-        &[("Accept", NPM_CORGI_ACCEPT), ("Accept-Encoding", "gzip")],
-    );
+    let headers = [("Accept", NPM_CORGI_ACCEPT), ("Accept-Encoding", "gzip")];
+    let gzipped = registry.get(&path, &headers);
+    let shown = gzipped.describe();
     assert_eq!(
-        gzipped.status,
-        200,
-        "GET {alpha_path} with Accept-Encoding: gzip\n{}",
-        gzipped.describe()
+        gzipped.status, 200,
+        "GET {path} with Accept-Encoding: gzip\n{shown}"
     );
+    let encoding = gzipped.header("content-encoding");
     assert_eq!(
-        gzipped.header("content-encoding"),
+        encoding,
         Some("gzip"),
-        "expected Content-Encoding: gzip when the client accepts gzip\n{}",
-        gzipped.describe()
+        "expected Content-Encoding: gzip\n{shown}"
     );
     let vary = gzipped.header_tokens("vary");
+    let varies = vary
+        .iter()
+        .any(|t| t.eq_ignore_ascii_case("accept-encoding"));
     assert!(
-        vary.iter()
-            .any(|t| t.eq_ignore_ascii_case("accept-encoding")),
-        "gzip'd response: expected Vary to contain Accept-Encoding, got {vary:?}\n{}",
-        gzipped.describe()
+        varies,
+        "gzip'd response: expected Vary to contain Accept-Encoding\n{shown}"
     );
-    let inflated: Value =
-        serde_json::from_slice(&common::gunzip(&gzipped.body)).unwrap_or_else(|e| {
-            panic!("gzip'd abbreviated packument does not decompress to JSON: {e}")
-        });
+    let inflated = common::gunzip(&gzipped.body);
+    let inflated: Value = serde_json::from_slice(&inflated)
+        .unwrap_or_else(|e| panic!("gzip'd packument does not decompress to JSON ({e})\n{shown}"));
     assert_eq!(
-        inflated, corgi_doc,
-        "gzip'd abbreviated packument differs from the identity one"
+        inflated, identity_doc,
+        "gzip'd abbreviated packument differs from identity"
     );
-    let identity = registry.get(&alpha_path, &[("Accept", NPM_CORGI_ACCEPT)]);
-    assert!(
-        identity
-            .header("content-encoding")
-            .is_none_or(|e| e == "identity"),
-        "no Accept-Encoding: expected an uncompressed body\n{}",
-        identity.describe()
-    );
+}
 
-    // Tarballs: integrity matches, scoped names in both path forms.
+/// Every tarball's sha512 matches `dist.integrity`; the scoped tarball answers in the
+/// `@scope%2fname` (npm, bun, yarn), `@scope%2Fname` and `@scope/name` forms, and the scoped
+/// packument in both escapings (pnpm sends `%2F`, the others `%2f`).
+fn tarballs_match_integrity(registry: &Registry, names: &Names) {
+    let (_, alpha_doc) = packument(registry, &names.alpha, "application/json");
     for version in ["1.0.0", "1.1.0"] {
-        let path = tarball_path(&registry, &full_doc, version);
-        let bytes = get_tarball(&registry, &path);
+        let path = tarball_path(registry, &alpha_doc, version);
+        let hashed = common::sha512_integrity(&get_tarball(registry, &path));
+        let integrity = dist_field(&alpha_doc, version, "integrity");
         assert_eq!(
-            common::sha512_integrity(&bytes),
-            dist_field(&full_doc, version, "integrity"),
+            hashed, integrity,
             "GET {path}: bytes do not match dist.integrity"
         );
     }
-    let (_, beta_doc) = packument(&registry, &names.beta, "application/json");
-    let beta_integrity = dist_field(&beta_doc, "1.0.0", "integrity");
+
+    let (_, beta_doc) = packument(registry, &names.beta, "application/json");
+    let integrity = dist_field(&beta_doc, "1.0.0", "integrity");
+    let listed = tarball_path(registry, &beta_doc, "1.0.0");
     let file = tarball_file(&names.beta, "1.0.0");
     let (scope, bare) = names.beta.split_once('/').expect("beta is scoped");
-    for path in [
+    let forms = [
+        listed,
         format!("/{scope}%2f{bare}/-/{file}"),
         format!("/{scope}%2F{bare}/-/{file}"),
         format!("/{scope}/{bare}/-/{file}"),
-    ] {
-        let bytes = get_tarball(&registry, &path);
+    ];
+    for path in forms {
+        let hashed = common::sha512_integrity(&get_tarball(registry, &path));
         assert_eq!(
-            common::sha512_integrity(&bytes),
-            beta_integrity,
-            "GET {path}: bytes do not match dist.integrity of {}",
+            hashed, integrity,
+            "GET {path}: bytes do not match {}'s dist.integrity",
             names.beta
         );
     }
     for path in [format!("/{scope}%2f{bare}"), format!("/{scope}%2F{bare}")] {
         let response = registry.get(&path, &[("Accept", NPM_CORGI_ACCEPT)]);
-        assert_eq!(
-            response.status,
-            200,
-            "GET {path} (pnpm sends %2F, npm/bun/yarn %2f): expected 200\n{}",
-            response.describe()
-        );
+        let shown = response.describe();
+        assert_eq!(response.status, 200, "GET {path}: expected 200\n{shown}");
         let doc = response.json(&path);
+        let got = doc.get("name");
         assert_eq!(
-            doc.get("name"),
+            got,
             Some(&Value::from(names.beta.as_str())),
-            "GET {path}: name\n{}",
-            response.describe()
+            "GET {path}: name\n{shown}"
         );
     }
+}
 
-    // Version and tag documents.
+/// `GET /NAME/TAG` and `GET /NAME/VERSION` give that version's manifest.
+fn version_and_tag_documents(registry: &Registry, name: &str) {
     for (suffix, version) in [("latest", "1.1.0"), ("1.0.0", "1.0.0"), ("1.1.0", "1.1.0")] {
-        let path = format!("{alpha_path}/{suffix}");
+        let path = format!("/{name}/{suffix}");
         let response = registry.get(&path, &[]);
-        assert_eq!(
-            response.status,
-            200,
-            "GET {path}: expected 200\n{}",
-            response.describe()
-        );
+        let shown = response.describe();
+        assert_eq!(response.status, 200, "GET {path}: expected 200\n{shown}");
         let doc = response.json(&path);
+        let got = doc.get("version");
         assert_eq!(
-            doc.get("version"),
+            got,
             Some(&Value::from(version)),
-            "GET {path}: expected version {version}\n{}",
-            response.describe()
+            "GET {path}: expected {version}\n{shown}"
         );
         assert_eq!(
             doc.get("name"),
-            Some(&Value::from(names.alpha.as_str())),
-            "GET {path}: name\n{}",
-            response.describe()
+            Some(&Value::from(name)),
+            "GET {path}: name\n{shown}"
         );
+        let integrity = doc.pointer("/dist/integrity");
         assert!(
-            doc.pointer("/dist/integrity").is_some_and(Value::is_string),
-            "GET {path}: expected dist.integrity\n{}",
-            response.describe()
+            integrity.is_some_and(Value::is_string),
+            "GET {path}: dist.integrity\n{shown}"
         );
     }
+}
 
-    // dist-tags endpoint.
-    let tags_path = format!("/-/package/{}/dist-tags", names.alpha);
-    let tags = registry.get(&tags_path, &[]);
-    assert_eq!(tags.status, 200, "GET {tags_path}\n{}", tags.describe());
-    assert_eq!(
-        tags.json(&tags_path),
-        serde_json::json!({"latest": "1.1.0"}),
-        "GET {tags_path}\n{}",
-        tags.describe()
-    );
-
-    // whoami with the token.
-    let token = npm.token().expect("the publisher is logged in");
+fn whoami_and_dist_tags(registry: &Registry, names: &Names, token: &str) {
     let auth = format!("Bearer {token}");
     let whoami = registry.get("/-/whoami", &[("Authorization", &auth)]);
+    let shown = whoami.describe();
     assert_eq!(
-        whoami.status,
-        200,
-        "GET /-/whoami with a token\n{}",
-        whoami.describe()
+        whoami.status, 200,
+        "GET /-/whoami with a token: expected 200\n{shown}"
     );
+    let user = whoami.json("/-/whoami").get("username").cloned();
+    let expected = Some(Value::from(names.user.as_str()));
     assert_eq!(
-        whoami.json("/-/whoami").get("username"),
-        Some(&Value::from(names.user.as_str())),
-        "GET /-/whoami\n{}",
-        whoami.describe()
+        user, expected,
+        "GET /-/whoami: expected the token's user\n{shown}"
     );
 
-    // Errors.
+    let path = format!("/-/package/{}/dist-tags", names.alpha);
+    let tags = registry.get(&path, &[]);
+    let shown = tags.describe();
+    assert_eq!(tags.status, 200, "GET {path}: expected 200\n{shown}");
+    let expected = serde_json::json!({"latest": "1.1.0"});
+    assert_eq!(tags.json(&path), expected, "GET {path}\n{shown}");
+}
+
+fn errors(registry: &Registry, names: &Names) {
+    let alpha = &names.alpha;
     let missing = format!("/{}", registry.name("e2e-does-not-exist"));
+    let response = registry.get(&missing, &[("Accept", NPM_CORGI_ACCEPT)]);
+    assert_error(registry, &response, 404, &format!("GET {missing}"));
+    let missing = format!("/{alpha}/9.9.9");
     assert_error(
-        &registry,
-        &registry.get(&missing, &[("Accept", NPM_CORGI_ACCEPT)]),
+        registry,
+        &registry.get(&missing, &[]),
         404,
         &format!("GET {missing}"),
     );
-    let missing_version = format!("{alpha_path}/9.9.9");
+    let missing = format!("/{alpha}/-/{}", tarball_file(alpha, "9.9.9"));
     assert_error(
-        &registry,
-        &registry.get(&missing_version, &[]),
+        registry,
+        &registry.get(&missing, &[]),
         404,
-        &format!("GET {missing_version}"),
+        &format!("GET {missing}"),
     );
-    let missing_tarball = format!("{alpha_path}/-/{}", tarball_file(&names.alpha, "9.9.9"));
-    assert_error(
-        &registry,
-        &registry.get(&missing_tarball, &[]),
-        404,
-        &format!("GET {missing_tarball}"),
-    );
-    let web_login = registry.request(
-        "POST",
-        "/-/v1/login",
-        &[("Content-Type", "application/json")],
-        Some(b"{}"),
-    );
-    assert_error(
-        &registry,
-        &web_login,
-        404,
-        "POST /-/v1/login (npm falls back to couchdb login on 4xx)",
-    );
-    let wrong = serde_json::json!({"_id": format!("org.couchdb.user:{}", names.user), "name": names.user, "password": "wrong-password", "type": "user", "roles": []}).to_string();
-    let login_path = format!("/-/user/org.couchdb.user:{}", names.user);
-    let refused = registry.request(
-        "PUT",
-        &login_path,
-        &[("Content-Type", "application/json")],
-        Some(wrong.as_bytes()),
-    );
+
+    let json = [("Content-Type", "application/json")];
+    let web_login = registry.request("POST", "/-/v1/login", &json, Some(b"{}"));
+    let context = "POST /-/v1/login (npm 11 falls back to the couchdb login on a 4xx)";
+    assert_error(registry, &web_login, 404, context);
+
+    let user = &names.user;
+    let wrong = serde_json::json!({
+        "_id": format!("org.couchdb.user:{user}"),
+        "name": user,
+        "password": "wrong-password",
+        "type": "user",
+        "roles": [],
+    });
+    let path = format!("/-/user/org.couchdb.user:{user}");
+    let body = wrong.to_string().into_bytes();
+    let refused = registry.request("PUT", &path, &json, Some(&body));
+    let shown = refused.describe();
+    let client_error = (400..500).contains(&refused.status);
     assert!(
-        (400..500).contains(&refused.status),
-        "PUT {login_path} with a wrong password: expected 4xx (401)\n{}",
-        refused.describe()
+        client_error,
+        "PUT {path} with a wrong password: expected a 4xx (401)\n{shown}"
     );
 }

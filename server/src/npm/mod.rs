@@ -60,7 +60,7 @@ async fn dispatch(
         }
         Route::VersionDoc { package, spec } => {
             read_access(private, head, core).await?;
-            packument::version(&package_name(&package)?, &spec, core)
+            packument::version(&package_name(&package)?, &spec, head, core)
         }
         Route::Tarball { package, file } => {
             read_access(private, head, core).await?;

@@ -17,6 +17,28 @@ pub(super) fn full_or_abbreviated(
     let shard = core.shared.shard(name.as_str());
     let served = core.packages.borrow_mut().get(shard, name.as_str())?;
     let served = served.ok_or_else(|| not_found(name))?;
+    let content_type = if head.accept_abbreviated {
+        ABBREVIATED_JSON
+    } else {
+        JSON
+    };
+    if let Some(base) = core.shared.rebase_for(head.host) {
+        let rebased =
+            core.rebased
+                .borrow_mut()
+                .get(name.as_str(), &served, head.accept_abbreviated, &base);
+        if head
+            .if_none_match
+            .is_some_and(|v| matches_any(v, &rebased.etag))
+        {
+            return Ok(Reply::not_modified(rebased.etag.clone(), true));
+        }
+        let mut reply = Reply::json(200, rebased.body.clone());
+        reply.content_type = content_type;
+        reply.vary_accept = true;
+        reply.etag = Some(rebased.etag.clone());
+        return Ok(reply);
+    }
     let (document, content_type) = if head.accept_abbreviated {
         (&served.abbreviated, ABBREVIATED_JSON)
     } else {
@@ -46,7 +68,12 @@ pub(super) fn full_or_abbreviated(
     Ok(reply)
 }
 
-pub(super) fn version(name: &PackageName, spec: &str, core: &Core) -> Result<Reply, ApiError> {
+pub(super) fn version(
+    name: &PackageName,
+    spec: &str,
+    head: &RequestHead<'_>,
+    core: &Core,
+) -> Result<Reply, ApiError> {
     let shard = core.shared.shard(name.as_str());
     let stored = shard
         .read_stored(name.as_str())?
@@ -64,7 +91,13 @@ pub(super) fn version(name: &PackageName, spec: &str, core: &Core) -> Result<Rep
             })?
     };
     let body = stored
-        .render_version(&version, &core.shared.base_url)
+        .render_version(
+            &version,
+            &core
+                .shared
+                .rebase_for(head.host)
+                .unwrap_or_else(|| core.shared.base_url.clone()),
+        )
         .ok_or_else(|| ApiError::not_found(format!("version {version} of {name} not found")))?;
     Ok(Reply::json(200, body))
 }

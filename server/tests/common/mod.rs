@@ -310,8 +310,10 @@ pub(crate) fn sha512_integrity(bytes: &[u8]) -> String {
     let scratch = Scratch::new("e2e-hash-");
     let file = scratch.path().join("blob");
     std::fs::write(&file, bytes).expect("writing a temp file");
-    let script = "const c = require('crypto'); const b = require('fs').readFileSync(process.argv[1]);\
-                  process.stdout.write('sha512-' + c.createHash('sha512').update(b).digest('base64'))";
+    let script = "const c = require('crypto');\
+                  const b = require('fs').readFileSync(process.argv[1]);\
+                  const d = c.createHash('sha512').update(b).digest('base64');\
+                  process.stdout.write('sha512-' + d)";
     node_eval(script, &[&file.to_string_lossy()], None)
 }
 
@@ -475,6 +477,9 @@ impl Registry {
 
         let first_line = line_rx.recv_timeout(SERVER_START_TIMEOUT);
         let url = match first_line {
+            Ok(Ok(line)) if line.is_empty() => {
+                Err("it closed stdout without printing anything (did it exit?)".to_string())
+            }
             Ok(Ok(line)) => parse_listening_line(&line).map_err(|e| format!("{e}: {line:?}")),
             Ok(Err(e)) => Err(format!("reading its stdout failed: {e}")),
             Err(RecvTimeoutError::Timeout) => Err(format!(
@@ -498,7 +503,7 @@ impl Registry {
                 panic!(
                     "`{what}` did not start: expected exactly one stdout line \
                      `agentregistry listening on http://127.0.0.1:PORT`, but {problem}\n\
-                     exit status: {status}\n--- server stderr ---\n{}\n--- end ---",
+                     it ended with: {status}\n--- server stderr ---\n{}\n--- end ---",
                     tail(&String::from_utf8_lossy(&log), SHOWN_BYTES_MAX)
                 );
             }
@@ -594,11 +599,12 @@ impl Registry {
         self.request("GET", path, headers, None)
     }
 
-    /// The legacy CouchDB login npm falls back to, done the way npm 11's `npm-profile`
+    /// The legacy `CouchDB` login npm falls back to, done the way npm 11's `npm-profile`
     /// `loginCouch` does it: `PUT /-/user/org.couchdb.user:NAME`; on 409 (user exists, the
     /// answer Verdaccio gives) `GET` the same path `?write=true` and `PUT .../-rev/<_rev>`
-    /// with the merged document (npm sends the literal `undefined` when there is no
-    /// `_rev`). Registration is open, so a new user is created. Returns the bearer token.
+    /// with the merged document and HTTP Basic credentials (npm sends the literal
+    /// `undefined` when there is no `_rev`). Registration is open, so a new user is
+    /// created. Returns the bearer token.
     pub(crate) fn login_http(&self, user: &str, password: &str) -> String {
         let mut body = serde_json::json!({
             "_id": format!("org.couchdb.user:{user}"),
@@ -637,9 +643,14 @@ impl Registry {
                 .and_then(Value::as_str)
                 .unwrap_or("undefined")
                 .to_string();
-            step = format!("PUT {path}/-rev/{rev}");
+            step = format!("PUT {path}/-rev/{rev} (with Basic auth)");
             let bytes = body.to_string().into_bytes();
-            response = self.request("PUT", &format!("{path}/-rev/{rev}"), &json, Some(&bytes));
+            let basic = format!(
+                "Basic {}",
+                base64_encode(format!("{user}:{password}").as_bytes())
+            );
+            let headers = [json[0], ("Authorization", basic.as_str())];
+            response = self.request("PUT", &format!("{path}/-rev/{rev}"), &headers, Some(&bytes));
         }
         assert!(
             matches!(response.status, 200 | 201),
@@ -846,9 +857,8 @@ fn parse_response(raw: &[u8], method: &str, what: String) -> Result<Response, St
     let mut parts = status_line.splitn(3, ' ');
     let version = parts.next().unwrap_or_default();
     let status = parts.next().and_then(|s| s.parse::<u16>().ok());
-    let status = match (version, status) {
-        ("HTTP/1.1" | "HTTP/1.0", Some(status)) => status,
-        _ => return Err(format!("bad status line {status_line:?}")),
+    let ("HTTP/1.1" | "HTTP/1.0", Some(status)) = (version, status) else {
+        return Err(format!("bad status line {status_line:?}"));
     };
     let mut headers = Vec::new();
     for line in lines {
@@ -1096,7 +1106,7 @@ impl<'r> Client<'r> {
     }
 
     /// Real `npm login` (npm only), typed into a pseudo-terminal: npm's prompts need one
-    /// (fixtures/pty_answer.py says why). Plain `npm login` first POSTs `/-/v1/login`; a
+    /// (`fixtures/pty_answer.py` says why). Plain `npm login` first POSTs `/-/v1/login`; a
     /// 4xx makes it fall back to the couchdb PUT. Reads the token npm saved in `.npmrc`.
     pub(crate) fn npm_login(&mut self, user: &str, password: &str) -> CmdOutput {
         assert_eq!(self.tool, Tool::Npm, "npm_login drives npm only");
@@ -1332,7 +1342,8 @@ mod tests {
 
     #[test]
     fn chunked_and_length_bodies_parse() {
-        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n";
+        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+                    3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n";
         let r = parse_response(raw, "GET", "GET /".into()).expect("valid chunked response");
         assert_eq!((r.status, r.body.as_slice()), (200, &b"abcde"[..]));
         let raw = b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n";
@@ -1342,6 +1353,31 @@ mod tests {
         assert!(
             parse_response(raw, "GET", "GET /".into()).is_err(),
             "short body must be an error"
+        );
+    }
+
+    /// Goal: a hung command is killed at its deadline, and a background child that keeps
+    /// the output pipe open cannot hang the harness. Method: commands that never end.
+    #[test]
+    fn deadline_kills_the_command_and_its_children() {
+        let mut hung = Command::new("sh");
+        hung.args(["-c", "echo started; exec tail -f /dev/null"]);
+        let out = run_with_deadline(hung, Duration::from_secs(1));
+        assert!(
+            out.status.is_none(),
+            "expected a kill at the deadline\n{}",
+            out.describe()
+        );
+        assert_eq!(out.stdout, "started\n", "output before the kill is kept");
+
+        let mut leaky = Command::new("sh");
+        leaky.args(["-c", "tail -f /dev/null & echo parent done"]);
+        let out = run_with_deadline(leaky, Duration::from_secs(60));
+        assert!(out.success(), "the parent exited 0\n{}", out.describe());
+        assert!(
+            out.stderr.contains("left behind"),
+            "expected a note\n{}",
+            out.describe()
         );
     }
 
