@@ -1,0 +1,354 @@
+//! Shard store integration tests: publishes, dist-tags and group commits through
+//! `ShardStore::apply_batch`, checked through the read API and again after reopening; plus a
+//! model test that runs random op sequences against the store and a `BTreeMap` reference.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::SystemTime;
+
+use engine::blob::{BlobId, BlobStore};
+use engine::integrity;
+use engine::names::{DistTag, PackageName, Version};
+use engine::publish::{NewVersion, PublishError, PublishRequest};
+use engine::shard::{ShardId, ShardStore, WriteError, WriteOp, WriteOutcome};
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+const BASE: &str = "http://127.0.0.1:4873";
+
+fn request(name: &str, version: &str, tarball: &[u8]) -> PublishRequest {
+    let name = PackageName::parse(name).unwrap();
+    let version = Version::parse(version).unwrap();
+    let Value::Object(manifest) = json!({"name": name.as_str(), "version": version.as_str()})
+    else {
+        unreachable!()
+    };
+    PublishRequest {
+        name,
+        versions: vec![NewVersion {
+            version,
+            manifest,
+            tarball: tarball.to_vec(),
+            blob: BlobId::of(tarball),
+            checksums: integrity::compute(tarball),
+        }],
+        dist_tags: Vec::new(),
+    }
+}
+
+fn publish(name: &str, version: &str, tarball: &[u8]) -> WriteOp {
+    WriteOp::Publish {
+        request: request(name, version, tarball),
+        user: "ada".into(),
+    }
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    store: ShardStore,
+    blobs: BlobStore,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ShardStore::open(&dir.path().join("s.redb"), ShardId(0), BASE).unwrap();
+        let blobs = BlobStore::open(&dir.path().join("blobs")).unwrap();
+        Fixture { dir, store, blobs }
+    }
+
+    fn apply(&self, ops: Vec<WriteOp>) -> Vec<Result<WriteOutcome, WriteError>> {
+        self.store.apply_batch(ops, &self.blobs, SystemTime::now())
+    }
+
+    fn reopen(self, base: &str) -> Fixture {
+        let Fixture { dir, store, blobs } = self;
+        drop(store);
+        let store = ShardStore::open(&dir.path().join("s.redb"), ShardId(0), base).unwrap();
+        Fixture { dir, store, blobs }
+    }
+
+    fn full(&self, name: &str) -> Value {
+        let served = self.store.read_served(name).unwrap().unwrap();
+        serde_json::from_slice(&served.full.identity).unwrap()
+    }
+}
+
+#[test]
+fn publish_read_reopen() {
+    let f = Fixture::new();
+    let results = f.apply(vec![
+        publish("a", "1.0.0", b"one"),
+        publish("@s/b", "2.0.0", b"two"),
+    ]);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let full = f.full("a");
+    assert_eq!(full["dist-tags"]["latest"], "1.0.0");
+    assert_eq!(
+        full["versions"]["1.0.0"]["dist"]["tarball"],
+        format!("{BASE}/a/-/a-1.0.0.tgz")
+    );
+    assert_eq!(
+        full["versions"]["1.0.0"]["dist"]["integrity"],
+        integrity::compute(b"one").integrity
+    );
+    let scoped = f.store.read_served("@s/b").unwrap().unwrap();
+    let tarball = scoped.tarball("b-2.0.0.tgz").unwrap();
+    assert_eq!(f.blobs.read(&tarball.blob).unwrap(), b"two");
+    let f = f.reopen(BASE);
+    assert_eq!(f.full("a")["versions"]["1.0.0"]["version"], "1.0.0");
+    assert_eq!(
+        f.store.read_names().unwrap(),
+        vec!["@s/b".to_owned(), "a".to_owned()]
+    );
+}
+
+#[test]
+fn same_version_in_one_batch_first_wins_and_retries_are_idempotent() {
+    let f = Fixture::new();
+    let results = f.apply(vec![
+        publish("a", "1.0.0", b"first"),
+        publish("a", "1.0.0", b"second"),
+    ]);
+    assert!(matches!(
+        results[0],
+        Ok(WriteOutcome::Published { changed: true, .. })
+    ));
+    assert!(matches!(
+        results[1],
+        Err(WriteError::Refused(PublishError::VersionExists { .. }))
+    ));
+    let retry = f.apply(vec![publish("a", "1.0.0", b"first")]);
+    assert!(matches!(
+        retry[0],
+        Ok(WriteOutcome::Published { changed: false, .. })
+    ));
+    let served = f.store.read_served("a").unwrap().unwrap();
+    assert_eq!(
+        f.blobs
+            .read(&served.tarball("a-1.0.0.tgz").unwrap().blob)
+            .unwrap(),
+        b"first"
+    );
+}
+
+#[test]
+fn refused_ops_leave_no_trace() {
+    let f = Fixture::new();
+    f.apply(vec![publish("a", "1.0.0", b"x")]);
+    let before = f.store.read_served("a").unwrap().unwrap();
+    let other = WriteOp::Publish {
+        request: request("a", "1.1.0", b"y"),
+        user: "eve".into(),
+    };
+    let results = f.apply(vec![other]);
+    assert!(matches!(
+        results[0],
+        Err(WriteError::Refused(PublishError::NotMaintainer { .. }))
+    ));
+    let after = f.store.read_served("a").unwrap().unwrap();
+    assert_eq!(before.full.identity, after.full.identity);
+    assert_eq!(before.rev, after.rev);
+    assert!(!f.blobs.has(&BlobId::of(b"y")));
+}
+
+#[test]
+fn dist_tags_and_base_url_change() {
+    let f = Fixture::new();
+    f.apply(vec![
+        publish("a", "1.0.0", b"x"),
+        publish("a", "1.1.0", b"y"),
+    ]);
+    let name = PackageName::parse("a").unwrap();
+    let beta = DistTag::parse("beta").unwrap();
+    let set = WriteOp::DistTagSet {
+        name: name.clone(),
+        tag: beta.clone(),
+        version: Version::parse("1.0.0").unwrap(),
+        user: "ada".into(),
+    };
+    let results = f.apply(vec![set]);
+    let Ok(WriteOutcome::DistTags(tags)) = &results[0] else {
+        panic!("{results:?}")
+    };
+    assert_eq!(tags.get("beta").map(String::as_str), Some("1.0.0"));
+    assert_eq!(tags.get("latest").map(String::as_str), Some("1.0.0"));
+    let remove_latest = WriteOp::DistTagRemove {
+        name: name.clone(),
+        tag: DistTag::parse("latest").unwrap(),
+        user: "ada".into(),
+    };
+    assert!(f.apply(vec![remove_latest])[0].is_err());
+    let remove = WriteOp::DistTagRemove {
+        name,
+        tag: beta,
+        user: "ada".into(),
+    };
+    assert!(f.apply(vec![remove])[0].is_ok());
+    let f = f.reopen("http://localhost:9999");
+    let full = f.full("a");
+    assert!(full["dist-tags"].get("beta").is_none());
+    assert_eq!(
+        full["versions"]["1.1.0"]["dist"]["tarball"],
+        "http://localhost:9999/a/-/a-1.1.0.tgz"
+    );
+}
+
+#[derive(Clone, Debug)]
+enum ModelOp {
+    Publish {
+        package: usize,
+        minor: u8,
+        content: u8,
+    },
+    Tag {
+        package: usize,
+        tag: usize,
+        minor: u8,
+    },
+    Untag {
+        package: usize,
+        tag: usize,
+    },
+}
+
+fn model_op() -> impl Strategy<Value = ModelOp> {
+    prop_oneof![
+        (0..3usize, 0..4u8, 0..2u8).prop_map(|(package, minor, content)| ModelOp::Publish {
+            package,
+            minor,
+            content
+        }),
+        (0..3usize, 0..2usize, 0..4u8).prop_map(|(package, tag, minor)| ModelOp::Tag {
+            package,
+            tag,
+            minor
+        }),
+        (0..3usize, 0..2usize).prop_map(|(package, tag)| ModelOp::Untag { package, tag }),
+    ]
+}
+
+const PACKAGES: [&str; 3] = ["alpha", "@s/beta", "gamma"];
+const TAGS: [&str; 2] = ["next", "beta"];
+
+#[derive(Default, Clone, Debug, PartialEq)]
+struct ModelPackage {
+    versions: BTreeMap<String, Vec<u8>>,
+    tags: BTreeMap<String, String>,
+}
+
+fn to_write_op(op: &ModelOp) -> WriteOp {
+    match *op {
+        ModelOp::Publish {
+            package,
+            minor,
+            content,
+        } => publish(
+            PACKAGES[package],
+            &format!("1.{minor}.0"),
+            &[minor, content],
+        ),
+        ModelOp::Tag {
+            package,
+            tag,
+            minor,
+        } => WriteOp::DistTagSet {
+            name: PackageName::parse(PACKAGES[package]).unwrap(),
+            tag: DistTag::parse(TAGS[tag]).unwrap(),
+            version: Version::parse(&format!("1.{minor}.0")).unwrap(),
+            user: "ada".into(),
+        },
+        ModelOp::Untag { package, tag } => WriteOp::DistTagRemove {
+            name: PackageName::parse(PACKAGES[package]).unwrap(),
+            tag: DistTag::parse(TAGS[tag]).unwrap(),
+            user: "ada".into(),
+        },
+    }
+}
+
+/// Applies `op` to the reference; returns whether it should succeed.
+fn apply_model(model: &mut BTreeMap<String, ModelPackage>, op: &ModelOp) -> bool {
+    match *op {
+        ModelOp::Publish {
+            package,
+            minor,
+            content,
+        } => {
+            let p = model.entry(PACKAGES[package].to_owned()).or_default();
+            let version = format!("1.{minor}.0");
+            match p.versions.get(&version) {
+                Some(bytes) => *bytes == [minor, content],
+                None => {
+                    p.versions.insert(version.clone(), vec![minor, content]);
+                    p.tags.entry("latest".into()).or_insert(version);
+                    true
+                }
+            }
+        }
+        ModelOp::Tag {
+            package,
+            tag,
+            minor,
+        } => {
+            let version = format!("1.{minor}.0");
+            match model.get_mut(PACKAGES[package]) {
+                Some(p) if p.versions.contains_key(&version) => {
+                    p.tags.insert(TAGS[tag].to_owned(), version);
+                    true
+                }
+                _ => false,
+            }
+        }
+        ModelOp::Untag { package, tag } => match model.get_mut(PACKAGES[package]) {
+            Some(p) => p.tags.remove(TAGS[tag]).is_some(),
+            None => false,
+        },
+    }
+}
+
+fn observe(f: &Fixture) -> BTreeMap<String, ModelPackage> {
+    let mut out = BTreeMap::new();
+    for name in f.store.read_names().unwrap() {
+        let served = f.store.read_served(&name).unwrap().unwrap();
+        let stored = f.store.read_stored(&name).unwrap().unwrap();
+        let mut versions = BTreeMap::new();
+        let keys: BTreeSet<String> = stored.versions().unwrap().keys().cloned().collect();
+        for version in keys {
+            let file = PackageName::parse(&name)
+                .unwrap()
+                .tarball_file(&Version::parse(&version).unwrap());
+            let blob = served.tarball(&file).unwrap().blob;
+            versions.insert(version, f.blobs.read(&blob).unwrap());
+        }
+        out.insert(
+            name,
+            ModelPackage {
+                versions,
+                tags: stored.dist_tags(),
+            },
+        );
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Goal: the store behaves like the reference map for any op sequence, whatever the batch
+    /// boundaries, and reopening preserves exactly the committed state.
+    #[test]
+    fn matches_reference_model(
+        batches in proptest::collection::vec(proptest::collection::vec(model_op(), 1..5), 1..6)
+    ) {
+        let mut f = Fixture::new();
+        let mut model = BTreeMap::new();
+        for batch in &batches {
+            let expected: Vec<bool> = batch.iter().map(|op| apply_model(&mut model, op)).collect();
+            let results = f.apply(batch.iter().map(to_write_op).collect());
+            let got: Vec<bool> = results.iter().map(Result::is_ok).collect();
+            prop_assert_eq!(&got, &expected, "batch {:?} -> {:?}", batch, results);
+            prop_assert_eq!(&observe(&f), &model);
+        }
+        f = f.reopen(BASE);
+        prop_assert_eq!(&observe(&f), &model);
+    }
+}
