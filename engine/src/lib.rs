@@ -23,3 +23,4 @@ pub mod packument;
 pub mod publish;
 pub mod served;
 pub mod shard;
+pub mod update;

@@ -65,6 +65,18 @@ pub enum PublishError {
     VersionNotFound { name: String, version: String },
     #[error("dist-tag {tag:?} does not exist on {name}")]
     TagNotFound { name: String, tag: String },
+    #[error(
+        "revision {given:?} is not the current revision {current:?} of {name}; reload and retry"
+    )]
+    RevConflict {
+        name: String,
+        given: String,
+        current: String,
+    },
+    #[error("a package needs at least one maintainer")]
+    NoMaintainers,
+    #[error("user {user:?} does not exist")]
+    UnknownUser { user: String },
     #[error("the latest dist-tag cannot be removed")]
     LatestTagRequired,
     #[error("{name} would have {count} versions, over the limit of {max}")]
@@ -94,27 +106,46 @@ pub struct PublishRequest {
 }
 
 #[derive(Deserialize)]
-struct RawBody {
+pub(crate) struct RawBody {
     #[serde(rename = "_id")]
     id: Option<Value>,
     name: Option<Value>,
+    #[serde(rename = "_rev")]
+    pub(crate) rev: Option<Value>,
     #[serde(rename = "dist-tags")]
-    dist_tags: Option<Value>,
-    versions: Option<Value>,
+    pub(crate) dist_tags: Option<Value>,
+    pub(crate) versions: Option<Value>,
     #[serde(rename = "_attachments")]
     attachments: Option<Value>,
+    pub(crate) maintainers: Option<Value>,
 }
 
-/// Parses and validates npm's publish document for the package named in the URL. Every tarball
-/// is base64-decoded, checked against its declared length and checksums, and hashed (blake3).
-/// `body` is modified in place (simd-json parses destructively).
+/// What a `PUT /NAME` carries: new versions (with tarballs), or a metadata update of an
+/// existing package (deprecate, unpublish of versions, dist-tags, owners).
+#[derive(Debug)]
+pub enum PackagePut {
+    Publish(PublishRequest),
+    Update(crate::update::UpdateRequest),
+}
+
+/// Parses a `PUT /NAME` body: a publish when it carries attachments, else a metadata update.
 ///
 /// # Errors
-/// The first problem found, as a `PublishError` naming it.
-pub fn parse_publish(
+/// The first problem found.
+pub fn parse_package_put(
     url_name: &PackageName,
     body: &mut [u8],
-) -> Result<PublishRequest, PublishError> {
+) -> Result<PackagePut, PublishError> {
+    let raw = parse_raw(url_name, body)?;
+    let has_attachments = matches!(&raw.attachments, Some(Value::Object(a)) if !a.is_empty());
+    if has_attachments {
+        publish_from_raw(url_name, raw).map(PackagePut::Publish)
+    } else {
+        crate::update::update_from_raw(url_name, raw).map(PackagePut::Update)
+    }
+}
+
+fn parse_raw(url_name: &PackageName, body: &mut [u8]) -> Result<RawBody, PublishError> {
     let raw: RawBody =
         simd_json::serde::from_slice(body).map_err(|e| PublishError::MalformedJson {
             detail: truncate(&e.to_string()),
@@ -132,6 +163,24 @@ pub fn parse_publish(
             Some(_) => return Err(wrong_type(field, "expected a string")),
         }
     }
+    Ok(raw)
+}
+
+/// Parses and validates npm's publish document for the package named in the URL. Every tarball
+/// is base64-decoded, checked against its declared length and checksums, and hashed (blake3).
+/// `body` is modified in place (simd-json parses destructively).
+///
+/// # Errors
+/// The first problem found, as a `PublishError` naming it.
+pub fn parse_publish(
+    url_name: &PackageName,
+    body: &mut [u8],
+) -> Result<PublishRequest, PublishError> {
+    let raw = parse_raw(url_name, body)?;
+    publish_from_raw(url_name, raw)
+}
+
+fn publish_from_raw(url_name: &PackageName, raw: RawBody) -> Result<PublishRequest, PublishError> {
     let versions = match raw.versions {
         Some(Value::Object(v)) => v,
         None => return Err(PublishError::Missing { field: "versions" }),
@@ -313,7 +362,7 @@ fn decode_version(
     })
 }
 
-fn parse_dist_tags(raw: Option<Value>) -> Result<Vec<(DistTag, Version)>, PublishError> {
+pub(crate) fn parse_dist_tags(raw: Option<Value>) -> Result<Vec<(DistTag, Version)>, PublishError> {
     let tags = match raw {
         None | Some(Value::Null) => return Ok(Vec::new()),
         Some(Value::Object(tags)) => tags,
@@ -526,7 +575,7 @@ fn touch(stored: &mut StoredPackage, now: SystemTime) {
     stored.rev += 1;
 }
 
-fn not_found(name: &PackageName) -> PublishError {
+pub(crate) fn not_found(name: &PackageName) -> PublishError {
     PublishError::PackageNotFound {
         name: name.as_str().to_owned(),
     }
@@ -550,13 +599,17 @@ fn new_package(name: &PackageName, user: &str, now: &str) -> StoredPackage {
     }
 }
 
-fn maintainer(user: &str) -> Value {
+pub(crate) fn maintainer(user: &str) -> Value {
     let mut m = Map::new();
     m.insert("name".into(), Value::String(user.to_owned()));
     Value::Object(m)
 }
 
-fn check_maintainer(stored: &StoredPackage, name: &str, user: &str) -> Result<(), PublishError> {
+pub(crate) fn check_maintainer(
+    stored: &StoredPackage,
+    name: &str,
+    user: &str,
+) -> Result<(), PublishError> {
     let is_maintainer = stored
         .doc
         .get("maintainers")
@@ -617,7 +670,7 @@ fn finish_manifest(
 
 /// Copies the descriptive fields of the `latest` version to the top of the document, as npm's
 /// registry does.
-fn refresh_top_level(stored: &mut StoredPackage) {
+pub(crate) fn refresh_top_level(stored: &mut StoredPackage) {
     let latest = stored.dist_tags().get("latest").cloned();
     let Some(manifest) = latest.and_then(|l| stored.versions()?.get(&l).cloned()) else {
         return;
@@ -638,15 +691,15 @@ fn refresh_top_level(stored: &mut StoredPackage) {
     }
 }
 
-fn versions_mut(stored: &mut StoredPackage) -> &mut Map<String, Value> {
+pub(crate) fn versions_mut(stored: &mut StoredPackage) -> &mut Map<String, Value> {
     object_mut(stored, "versions")
 }
 
-fn dist_tags_mut(stored: &mut StoredPackage) -> &mut Map<String, Value> {
+pub(crate) fn dist_tags_mut(stored: &mut StoredPackage) -> &mut Map<String, Value> {
     object_mut(stored, "dist-tags")
 }
 
-fn time_mut(stored: &mut StoredPackage) -> &mut Map<String, Value> {
+pub(crate) fn time_mut(stored: &mut StoredPackage) -> &mut Map<String, Value> {
     object_mut(stored, "time")
 }
 
@@ -670,13 +723,13 @@ fn object_mut<'a>(stored: &'a mut StoredPackage, key: &str) -> &'a mut Map<Strin
     slot.as_object_mut().expect("just made an object")
 }
 
-fn wrong_type(field: &str, detail: &'static str) -> PublishError {
+pub(crate) fn wrong_type(field: &str, detail: &'static str) -> PublishError {
     PublishError::WrongType {
         field: truncate(field),
         detail,
     }
 }
 
-fn truncate(s: &str) -> String {
+pub(crate) fn truncate(s: &str) -> String {
     s.chars().take(120).collect()
 }

@@ -111,7 +111,9 @@ impl From<PublishError> for ApiError {
             PublishError::PackageNotFound { .. }
             | PublishError::VersionNotFound { .. }
             | PublishError::TagNotFound { .. } => (404, "not_found"),
-            PublishError::LatestTagRequired => (400, "bad_request"),
+            PublishError::LatestTagRequired | PublishError::NoMaintainers => (400, "bad_request"),
+            PublishError::RevConflict { .. } => (409, "conflict"),
+            PublishError::UnknownUser { .. } => (404, "not_found"),
             PublishError::TooManyVersions { .. } => (422, "too_many_versions"),
         };
         ApiError::new(status, kind, message)

@@ -41,8 +41,20 @@ pub enum Route {
     Packument {
         package: String,
     },
+    /// `PUT /NAME` or `PUT /NAME/-rev/REV`: publish, or a metadata update.
     Publish {
         package: String,
+        rev: Option<String>,
+    },
+    /// `DELETE /NAME/-rev/REV`: unpublish every version.
+    Unpublish {
+        package: String,
+        rev: String,
+    },
+    /// `DELETE /NAME/-/FILE/-rev/REV`: npm's tarball cleanup after unpublishing a version.
+    TarballDelete {
+        package: String,
+        file: String,
     },
     /// `GET /NAME/VERSION` or `GET /NAME/TAG`.
     VersionDoc {
@@ -100,7 +112,19 @@ pub fn route(method: Method, target: &str) -> Result<Route, RouteError> {
     let (package, rest) = split_package(&segments)?;
     match (method, rest) {
         (Method::Get, []) => Ok(Route::Packument { package }),
-        (Method::Put, []) => Ok(Route::Publish { package }),
+        (Method::Put, []) => Ok(Route::Publish { package, rev: None }),
+        (Method::Put, ["-rev", rev]) => Ok(Route::Publish {
+            package,
+            rev: Some((*rev).to_owned()),
+        }),
+        (Method::Delete, ["-rev", rev]) => Ok(Route::Unpublish {
+            package,
+            rev: (*rev).to_owned(),
+        }),
+        (Method::Delete, ["-", file, "-rev", _]) => Ok(Route::TarballDelete {
+            package,
+            file: (*file).to_owned(),
+        }),
         (Method::Get, [spec]) if !spec.is_empty() => Ok(Route::VersionDoc {
             package,
             spec: (*spec).to_owned(),
@@ -265,6 +289,31 @@ mod tests {
                 "/@babel%2fcore",
                 Ok(Route::Publish {
                     package: pkg("@babel/core"),
+                    rev: None,
+                }),
+            ),
+            (
+                Put,
+                "/a/-rev/3-abc",
+                Ok(Route::Publish {
+                    package: pkg("a"),
+                    rev: Some(pkg("3-abc")),
+                }),
+            ),
+            (
+                Delete,
+                "/a/-rev/3-abc",
+                Ok(Route::Unpublish {
+                    package: pkg("a"),
+                    rev: pkg("3-abc"),
+                }),
+            ),
+            (
+                Delete,
+                "/@s/a/-/a-1.0.0.tgz/-rev/3-abc",
+                Ok(Route::TarballDelete {
+                    package: pkg("@s/a"),
+                    file: pkg("a-1.0.0.tgz"),
                 }),
             ),
             (

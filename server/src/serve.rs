@@ -49,7 +49,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     let blobs = Arc::new(BlobStore::open(&data.blobs_path())?);
     let auth = Arc::new(AuthStore::open(&data.auth_path())?);
     write_admin_token(data.home())?;
-    let (writers, _writer_threads) = Writers::start(&shards, &blobs)?;
+    let (writers, _writer_threads) = Writers::start(&shards, &blobs, &auth)?;
     let auth_worker = AuthWorker::start(Arc::clone(&auth))?;
     let live = Arc::new(LiveConfig::new(&record));
     live_config::start_watcher(config_file, Arc::clone(&live))?;

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::SystemTime;
 
+use engine::auth::AuthStore;
 use engine::blob::BlobStore;
 use engine::names::PackageName;
-use engine::publish::{self, PublishError};
+use engine::publish::{self, PackagePut, PublishError};
 use engine::shard::{ShardId, ShardStore, WriteError, WriteOp, WriteOutcome};
 use futures_channel::oneshot;
 
@@ -19,11 +20,14 @@ use crate::limits::{WRITER_BATCH_MAX, WRITER_QUEUE_DEPTH};
 
 /// Work for a shard writer.
 pub enum WriterJob {
-    /// A raw publish body, parsed on the writer thread (it is CPU-heavy).
-    Publish {
+    /// A raw `PUT /NAME` body (a publish, or a metadata update such as deprecate,
+    /// unpublish of a version or owner changes), parsed on the writer thread (CPU-heavy).
+    /// `rev` comes from a `/-rev/REV` URL and applies when the body names none.
+    Put {
         name: PackageName,
         body: Vec<u8>,
         user: String,
+        rev: Option<String>,
     },
     /// An already-validated op.
     Op(WriteOp),
@@ -50,6 +54,7 @@ impl Writers {
     pub fn start(
         shards: &[Arc<ShardStore>],
         blobs: &Arc<BlobStore>,
+        auth: &Arc<AuthStore>,
     ) -> std::io::Result<(Writers, Vec<JoinHandle<()>>)> {
         let mut senders = Vec::with_capacity(shards.len());
         let mut threads = Vec::with_capacity(shards.len());
@@ -57,9 +62,10 @@ impl Writers {
             let (tx, rx) = flume::bounded(WRITER_QUEUE_DEPTH);
             let shard = Arc::clone(shard);
             let blobs = Arc::clone(blobs);
+            let auth = Arc::clone(auth);
             let thread = std::thread::Builder::new()
                 .name(format!("shard-writer-{}", shard.id().0))
-                .spawn(move || run(&shard, &blobs, &rx))?;
+                .spawn(move || run(&shard, &blobs, &auth, &rx))?;
             senders.push(tx);
             threads.push(thread);
         }
@@ -84,13 +90,18 @@ impl Writers {
     }
 }
 
-fn run(shard: &ShardStore, blobs: &BlobStore, rx: &flume::Receiver<(WriterJob, Reply)>) {
+fn run(
+    shard: &ShardStore,
+    blobs: &BlobStore,
+    auth: &AuthStore,
+    rx: &flume::Receiver<(WriterJob, Reply)>,
+) {
     while let Ok(first) = rx.recv() {
         let mut ops = Vec::new();
         let mut replies = Vec::new();
         let mut next = Some(first);
         while let Some((job, reply)) = next.take() {
-            match prepare(job) {
+            match prepare(job, auth) {
                 Ok(op) => {
                     ops.push(op);
                     replies.push(reply);
@@ -114,16 +125,32 @@ fn run(shard: &ShardStore, blobs: &BlobStore, rx: &flume::Receiver<(WriterJob, R
     }
 }
 
-fn prepare(job: WriterJob) -> Result<WriteOp, PublishError> {
+fn prepare(job: WriterJob, auth: &AuthStore) -> Result<WriteOp, PublishError> {
     match job {
         WriterJob::Op(op) => Ok(op),
-        WriterJob::Publish {
+        WriterJob::Put {
             name,
             mut body,
             user,
+            rev,
         } => {
-            let request = publish::parse_publish(&name, &mut body)?;
-            Ok(WriteOp::Publish { request, user })
+            match publish::parse_package_put(&name, &mut body)? {
+                PackagePut::Publish(request) => Ok(WriteOp::Publish { request, user }),
+                PackagePut::Update(mut request) => {
+                    if request.rev.is_none() {
+                        request.rev = rev;
+                    }
+                    for maintainer in request.maintainers.iter().flatten() {
+                        // An unreadable auth store refuses the change rather than guessing.
+                        if !matches!(auth.read_user(maintainer), Ok(Some(_))) {
+                            return Err(PublishError::UnknownUser {
+                                user: maintainer.clone(),
+                            });
+                        }
+                    }
+                    Ok(WriteOp::Update { request, user })
+                }
+            }
         }
     }
 }

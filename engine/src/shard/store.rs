@@ -21,6 +21,7 @@ use crate::names::{DistTag, PackageName, Version};
 use crate::packument::StoredPackage;
 use crate::publish::{self, Plan, PublishError, PublishRequest};
 use crate::served::{decode_served, encode_served, Served};
+use crate::update::{self, UpdateRequest};
 
 /// Page cache per shard. redb fills it lazily; the bound keeps RSS predictable.
 const CACHE_BYTES: usize = 64 * 1024 * 1024;
@@ -43,6 +44,17 @@ pub enum WriteOp {
         tag: DistTag,
         user: String,
     },
+    /// Deprecate, unpublish versions, dist-tags, owners (`update.rs`).
+    Update {
+        request: UpdateRequest,
+        user: String,
+    },
+    /// Unpublish every version (the package becomes a tombstone).
+    UnpublishAll {
+        name: PackageName,
+        rev: Option<String>,
+        user: String,
+    },
 }
 
 impl WriteOp {
@@ -51,7 +63,10 @@ impl WriteOp {
     pub fn package(&self) -> &PackageName {
         match self {
             WriteOp::Publish { request, .. } => &request.name,
-            WriteOp::DistTagSet { name, .. } | WriteOp::DistTagRemove { name, .. } => name,
+            WriteOp::Update { request, .. } => &request.name,
+            WriteOp::DistTagSet { name, .. }
+            | WriteOp::DistTagRemove { name, .. }
+            | WriteOp::UnpublishAll { name, .. } => name,
         }
     }
 }
@@ -63,6 +78,8 @@ pub enum WriteOutcome {
     Published { rev: u64, changed: bool },
     /// The dist-tags after the change.
     DistTags(BTreeMap<String, String>),
+    /// A metadata update is durable; `rev` is the package's new revision.
+    Updated { rev: u64 },
 }
 
 /// Why a write failed.
@@ -167,7 +184,10 @@ impl ShardStore {
             let mut served = txn.open_table(SERVED)?;
             for entry in packages.iter()? {
                 let (name, bytes) = entry?;
-                if let Ok(stored) = StoredPackage::decode(bytes.value()) {
+                let live = StoredPackage::decode(bytes.value())
+                    .ok()
+                    .filter(|s| s.versions().is_some_and(|v| !v.is_empty()));
+                if let Some(stored) = live {
                     served.insert(name.value(), encode_served(&stored, base_url).as_slice())?;
                 }
             }
@@ -325,6 +345,9 @@ impl ShardStore {
                     changed: plan.changed,
                 },
                 PlannedOutcome::DistTags => WriteOutcome::DistTags(plan.stored.dist_tags()),
+                PlannedOutcome::Updated => WriteOutcome::Updated {
+                    rev: plan.stored.rev,
+                },
             };
             if plan.changed {
                 touched.insert(name, plan.stored);
@@ -364,6 +387,7 @@ impl ShardStore {
 enum PlannedOutcome {
     Published,
     DistTags,
+    Updated,
 }
 
 fn plan_op(
@@ -388,6 +412,14 @@ fn plan_op(
         WriteOp::DistTagRemove { name, tag, user } => Ok((
             publish::plan_dist_tag_remove(current, &name, &tag, &user, now)?,
             PlannedOutcome::DistTags,
+        )),
+        WriteOp::Update { request, user } => Ok((
+            update::plan_update(current, request, &user, now)?,
+            PlannedOutcome::Updated,
+        )),
+        WriteOp::UnpublishAll { name, rev, user } => Ok((
+            update::plan_unpublish_all(current, &name, rev.as_deref(), &user, now)?,
+            PlannedOutcome::Updated,
         )),
     }
 }
@@ -422,8 +454,14 @@ fn write_touched(
     let mut revs = txn.open_table(REVS)?;
     for (name, stored) in touched {
         packages.insert(name.as_str(), stored.encode().as_slice())?;
-        served.insert(name.as_str(), encode_served(stored, base_url).as_slice())?;
-        revs.insert(name.as_str(), stored.rev)?;
+        if stored.versions().is_some_and(|v| !v.is_empty()) {
+            served.insert(name.as_str(), encode_served(stored, base_url).as_slice())?;
+            revs.insert(name.as_str(), stored.rev)?;
+        } else {
+            // A tombstone (every version unpublished): reads answer 404, history stays.
+            served.remove(name.as_str())?;
+            revs.remove(name.as_str())?;
+        }
     }
     Ok(())
 }

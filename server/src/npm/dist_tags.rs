@@ -82,7 +82,7 @@ async fn submit(
             status,
             serde_json::to_vec(&tags).expect("a map serializes"),
         )),
-        WriteOutcome::Published { .. } => Err(ApiError::new(
+        WriteOutcome::Published { .. } | WriteOutcome::Updated { .. } => Err(ApiError::new(
             500,
             "internal_error",
             "unexpected writer outcome",

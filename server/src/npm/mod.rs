@@ -35,7 +35,11 @@ async fn dispatch(
 ) -> Result<Reply, ApiError> {
     let is_write = matches!(
         route,
-        Route::Publish { .. } | Route::DistTagSet { .. } | Route::DistTagDelete { .. }
+        Route::Publish { .. }
+            | Route::Unpublish { .. }
+            | Route::TarballDelete { .. }
+            | Route::DistTagSet { .. }
+            | Route::DistTagDelete { .. }
     );
     if is_write && core.shared.live.has(FLAG_READ_ONLY) {
         return Err(ApiError::new(
@@ -70,9 +74,17 @@ async fn dispatch(
             read_access(private, head, core).await?;
             dist_tags::get(&package_name(&package)?, core)
         }
-        Route::Publish { package } => {
+        Route::Publish { package, rev } => {
             let user = require_user(head, core).await?;
-            publish::publish(package_name(&package)?, body, user, core).await
+            publish::put(package_name(&package)?, body, user, rev, core).await
+        }
+        Route::Unpublish { package, rev } => {
+            let user = require_user(head, core).await?;
+            publish::unpublish(package_name(&package)?, rev, user, core).await
+        }
+        Route::TarballDelete { package, file } => {
+            require_user(head, core).await?;
+            publish::tarball_delete(&package_name(&package)?, &file, core)
         }
         Route::DistTagSet { package, tag } => {
             let user = require_user(head, core).await?;

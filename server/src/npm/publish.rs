@@ -1,44 +1,85 @@
-//! `PUT /NAME`: npm publish. The raw body goes to the shard's writer, which parses and
-//! verifies it off the event loop and answers once the tarball and metadata are durable.
+//! `PUT /NAME[/-rev/REV]`: npm publish, or a metadata update (deprecate, unpublish of a
+//! version, owner changes); `DELETE /NAME/-rev/REV` (unpublish everything) and npm's tarball
+//! cleanup `DELETE /NAME/-/FILE/-rev/REV`. Raw bodies go to the shard's writer, which parses
+//! and verifies them off the event loop and answers once the change is durable.
 
 use engine::names::PackageName;
-use engine::shard::WriteOutcome;
+use engine::shard::{WriteOp, WriteOutcome};
 
 use crate::api_error::ApiError;
 use crate::cores::Core;
 use crate::http::respond::Reply;
 use crate::writer::WriterJob;
 
-pub(super) async fn publish(
+pub(super) async fn put(
     name: PackageName,
     body: Vec<u8>,
     user: String,
+    rev: Option<String>,
     core: &Core,
 ) -> Result<Reply, ApiError> {
     if body.is_empty() {
-        return Err(ApiError::bad_request("the publish body is empty"));
+        return Err(ApiError::bad_request("the request body is empty"));
     }
-    let shard = core.shared.shard(name.as_str()).id();
-    let job = WriterJob::Publish {
+    let job = WriterJob::Put {
         name: name.clone(),
         body,
         user,
+        rev,
     };
-    let outcome = core.shared.writers.submit(shard, job).await??;
-    let WriteOutcome::Published { rev, changed } = outcome else {
-        return Err(ApiError::new(
-            500,
-            "internal_error",
-            "unexpected writer outcome",
-        ));
+    submit(&name, job, core).await
+}
+
+pub(super) async fn unpublish(
+    name: PackageName,
+    rev: String,
+    user: String,
+    core: &Core,
+) -> Result<Reply, ApiError> {
+    let op = WriteOp::UnpublishAll {
+        name: name.clone(),
+        rev: Some(rev),
+        user,
+    };
+    submit(&name, WriterJob::Op(op), core).await
+}
+
+/// Blobs are shared between versions with identical bytes and collected by fsck, so deleting
+/// "the tarball" only confirms that no remaining version references it.
+pub(super) fn tarball_delete(
+    name: &PackageName,
+    file: &str,
+    core: &Core,
+) -> Result<Reply, ApiError> {
+    let shard = core.shared.shard(name.as_str());
+    let served = core.packages.borrow_mut().get(shard, name.as_str())?;
+    if served.is_some_and(|s| s.tarball(file).is_some()) {
+        return Err(ApiError::bad_request(format!(
+            "{file} still belongs to a published version of {name}; unpublish the version first"
+        )));
+    }
+    Ok(Reply::json(200, &br#"{"ok":true}"#[..]))
+}
+
+async fn submit(name: &PackageName, job: WriterJob, core: &Core) -> Result<Reply, ApiError> {
+    let shard = core.shared.shard(name.as_str()).id();
+    let (rev, status) = match core.shared.writers.submit(shard, job).await?? {
+        WriteOutcome::Published { rev, changed } => (rev, if changed { 201 } else { 200 }),
+        WriteOutcome::Updated { rev } => (rev, 200),
+        WriteOutcome::DistTags(_) => {
+            return Err(ApiError::new(
+                500,
+                "internal_error",
+                "unexpected writer outcome",
+            ))
+        }
     };
     let body = serde_json::json!({
         "ok": true,
         "id": name.as_str(),
-        "rev": format!("{rev}"),
+        "rev": rev.to_string(),
         "success": true,
     });
-    let status = if changed { 201 } else { 200 };
     Ok(Reply::json(
         status,
         serde_json::to_vec(&body).expect("a JSON value serializes"),

@@ -48,6 +48,8 @@ pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 const HELPER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long output readers may outlive their process before its group is killed.
 const READER_GRACE: Duration = Duration::from_secs(10);
+/// Longest first stdout line of the server that is read as the listening line.
+const LISTENING_LINE_BYTES_MAX: u64 = 256;
 /// Read and write timeout of one raw HTTP exchange.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Captured stdout or stderr of one command; the rest is drained and dropped.
@@ -440,6 +442,7 @@ impl Registry {
             .arg(home.path())
             .env_remove("AGENTREGISTRY_HOME")
             .env_remove("AGENTREGISTRY_LISTEN")
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -467,7 +470,11 @@ impl Registry {
         thread::spawn(move || {
             let mut reader = BufReader::new(stdout);
             let mut first = String::new();
-            let read = reader.read_line(&mut first).map(|_| first);
+            // Bounded: a server that never ends its first line cannot grow this.
+            let read = (&mut reader)
+                .take(LISTENING_LINE_BYTES_MAX)
+                .read_line(&mut first)
+                .map(|_| first);
             let _ = line_tx.send(read);
             let mut buf = [0_u8; 8192];
             while let Ok(n @ 1..) = reader.read(&mut buf) {
