@@ -2,6 +2,8 @@
 //! `ShardStore::apply_batch`, checked through the read API and again after reopening; plus a
 //! model test that runs random op sequences against the store and a `BTreeMap` reference.
 
+#![expect(clippy::unwrap_used, reason = "test fixtures fail loudly by design")]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
 
