@@ -97,10 +97,15 @@ else
   fi
   # Explicit flags instead of trusting the user's npmrc: optional deps carry bun's binary,
   # and bun's postinstall script links it into place.
+  status=0
   timeout "$INSTALL_TIMEOUT_S" npm install --prefix "$TOOLS" --no-audit --no-fund \
-    --save-exact --include=optional --ignore-scripts=false --no-package-lock=false \
-    "pnpm@$PNPM_VERSION" "@yarnpkg/cli-dist@$YARN_VERSION" "bun@$BUN_VERSION" \
-    || die "npm install failed or timed out after ${INSTALL_TIMEOUT_S}s"
+    --save-exact --include=optional --ignore-scripts=false \
+    "pnpm@$PNPM_VERSION" "@yarnpkg/cli-dist@$YARN_VERSION" "bun@$BUN_VERSION" || status=$?
+  if [[ "$status" == 124 ]]; then
+    die "npm install timed out after ${INSTALL_TIMEOUT_S}s"
+  elif [[ "$status" != 0 ]]; then
+    die "npm install failed (exit $status); see npm's messages above"
+  fi
   write_wrappers
   all_pinned_present || die "installed versions do not match the pins"
 fi
