@@ -25,6 +25,11 @@
 //! Only std, `serde_json` and `tempfile`; external helpers are `node`, `kill`, `gzip`, and
 //! `python3` (to give `npm login` a terminal, see `fixtures/pty_answer.py`).
 
+#![allow(
+    dead_code,
+    reason = "shared by several test binaries; each one uses a subset (expect would fail in the others)"
+)]
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
