@@ -166,6 +166,9 @@ fn run_core(
 }
 
 async fn accept_loop(listener: TcpListener, core: Rc<Core>) -> anyhow::Result<()> {
+    // The epoll driver waits for readiness and then calls accept(2): on a blocking socket that
+    // call would park the whole core whenever another core took the connection first.
+    listener.set_nonblocking(true)?;
     let listener = monoio::net::TcpListener::from_std(listener)?;
     loop {
         match listener.accept().await {

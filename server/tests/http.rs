@@ -9,8 +9,10 @@
 //!
 //! Method:
 //! - One server process per test, killed by its pid on drop; its stderr is kept and printed
-//!   when the test fails. Wire-level tests run under both I/O drivers (`--io-driver legacy`
-//!   and `--io-driver uring`; uring is skipped with a note when the kernel refuses it).
+//!   when the test fails. The core publish-and-read scenario and the wire-level tests run
+//!   under both I/O drivers (`--io-driver legacy` and `--io-driver uring`; uring is skipped
+//!   with a note when the server exits saying io_uring is unavailable); the rest run under
+//!   the default driver (`auto`).
 //! - Every final response is checked for `X-Content-Type-Options: nosniff`, and every 4xx/5xx
 //!   for a JSON body `{"error": <string>, "message": <string>}`.
 //! - "Store unchanged" compares a `StoreSnapshot` taken before and after each bad request:
@@ -22,6 +24,8 @@
 //!   leave the redb files byte-identical, so they are compared directly, not only over HTTP.
 //! - Tarballs are real gzip tarballs built by `python3` (tarfile), which also computes their
 //!   sha512 integrity, sha1 shasum and base64 (no crypto crate among the dev-dependencies).
+//!   The multi-megabyte test uses seeded pseudo-random bytes (printed), since the server
+//!   does not parse tarballs.
 //! - No sleeps: every wait is a socket read with a timeout or a channel receive with a deadline.
 
 use std::collections::BTreeMap;
@@ -1118,6 +1122,7 @@ fn bad_publishes_are_refused_and_change_nothing() {
         put(&fix.name, body)
     };
     let attachment = |fix: &Fixture| format!("{}-{}.tgz", fix.name, fix.version);
+    let stranger = server.login("bad-input-stranger");
 
     let mut cases: Vec<(Req, u16, &str)> = vec![
         (
@@ -1177,30 +1182,28 @@ fn bad_publishes_are_refused_and_change_nothing() {
             "name_mismatch",
         ),
         (other_bytes.publish_req(&token), 409, "version_exists"),
-        // Without credentials.
+        // Without credentials, and with a token the server never issued.
         (
             Req::new("PUT", "/fresh-pkg").json(&fresh.body()),
             401,
             "unauthorized",
         ),
+        (
+            Req::new("PUT", "/fresh-pkg")
+                .bearer("not-a-token")
+                .json(&fresh.body()),
+            401,
+            "unauthorized",
+        ),
+        // Another user may not publish into a package they do not maintain.
+        (next.publish_req(&stranger), 403, "forbidden"),
+        // An empty body.
+        (
+            Req::new("PUT", "/fresh-pkg").bearer(&token),
+            400,
+            "bad_request",
+        ),
     ];
-    // With a token the server never issued.
-    cases.push((
-        Req::new("PUT", "/fresh-pkg")
-            .bearer("not-a-token")
-            .json(&fresh.body()),
-        401,
-        "unauthorized",
-    ));
-    // Another user may not publish into a package they do not maintain.
-    let stranger = server.login("bad-input-stranger");
-    cases.push((next.publish_req(&stranger), 403, "forbidden"));
-    // Structurally incomplete documents.
-    cases.push((
-        Req::new("PUT", "/fresh-pkg").bearer(&token),
-        400,
-        "bad_request",
-    ));
     // A body without attachments is a metadata update (npm deprecate, unpublish): of a package
     // that does not exist it is a 404, and it cannot add a version.
     let mut no_attachments = fresh.body();
@@ -1222,8 +1225,7 @@ fn bad_publishes_are_refused_and_change_nothing() {
     // Invalid versions: the key, and a version that is not semver.
     for bad_version in ["1.0", "01.0.0", "1.0.0-", "v 1", "9007199254740992.0.0"] {
         let mut body = fresh.body();
-        let manifest = body["versions"]["1.0.0"].clone();
-        let mut manifest = manifest;
+        let mut manifest = body["versions"]["1.0.0"].clone();
         manifest["version"] = json!(bad_version);
         body["versions"] = json!({bad_version: manifest});
         body["dist-tags"] = json!({"latest": bad_version});
@@ -1889,6 +1891,80 @@ fn concurrent_publishes_of_one_version_have_one_winner() {
         doc["versions"].as_object().map(serde_json::Map::len),
         Some(1)
     );
+}
+
+/// Checksums of arbitrary bytes (stdin): `{integrity, shasum, b64}`.
+const CHECKSUMS_PY: &str = r#"
+import base64, hashlib, json, sys
+data = sys.stdin.buffer.read()
+json.dump({"integrity": "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode(),
+           "shasum": hashlib.sha1(data).hexdigest(),
+           "b64": base64.b64encode(data).decode()}, sys.stdout)
+"#;
+
+/// `len` pseudo-random bytes from `seed` (xorshift64*), so a failure replays exactly.
+fn pseudo_random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        out.extend_from_slice(&state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A multi-megabyte tarball (larger than every read buffer, the per-core tarball cache's
+/// entry limit and the copy-into-head threshold) publishes over a keep-alive connection with a
+/// pipelined request behind it, and reads back byte for byte, repeatedly.
+#[test]
+fn large_tarball_round_trips() {
+    let seed = 0x5eed_0001_u64;
+    eprintln!("large_tarball_round_trips: seed {seed:#x}");
+    let server = Server::start();
+    let token = server.login("large-user");
+    let tarball = pseudo_random_bytes(seed, 3 * 1024 * 1024 + 17);
+    let sums: Value =
+        serde_json::from_slice(&run_helper("python3", &["-c", CHECKSUMS_PY], &tarball))
+            .expect("the checksum helper prints JSON");
+    let field = |k: &str| sums[k].as_str().expect("checksum field").to_owned();
+    let pkg = Fixture {
+        name: "large-pkg".to_owned(),
+        version: "1.0.0".to_owned(),
+        tarball,
+        integrity: field("integrity"),
+        shasum: field("shasum"),
+        b64: field("b64"),
+        extra: serde_json::Map::new(),
+    };
+    let mut conn = Conn::connect(server.addr);
+    let mut batch = pkg.publish_req(&token).bytes(server.addr);
+    batch.extend_from_slice(&Req::new("GET", "/large-pkg/1.0.0").bytes(server.addr));
+    conn.write(&batch);
+    let res = conn.read(false, "publish of a 3 MiB tarball");
+    assert_eq!(res.status, 201, "{}", res.describe());
+    let doc = conn.read(false, "GET pipelined behind the large publish");
+    assert_eq!(doc.status, 200, "{}", doc.describe());
+    assert_eq!(doc.json()["dist"]["integrity"], json!(pkg.integrity));
+    let path = server.tarball_path("large-pkg", "1.0.0");
+    for round in 0..3 {
+        let req = Req::new("GET", &path);
+        conn.write(&req.bytes(server.addr));
+        let res = conn.read(false, &req.describe());
+        assert_eq!(res.status, 200, "round {round}: {}", res.describe());
+        assert!(
+            res.body == pkg.tarball,
+            "round {round}: served {} bytes differ from the published {} (seed {seed:#x})",
+            res.body.len(),
+            pkg.tarball.len()
+        );
+    }
+    let head = server.send(&Req::new("HEAD", &path));
+    assert_eq!(head.status, 200, "{}", head.describe());
+    let length = pkg.tarball.len().to_string();
+    assert_eq!(head.header("content-length"), Some(length.as_str()));
 }
 
 // ---------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the test waits for the server to apply a config change.
 const APPLY_DEADLINE: Duration = Duration::from_secs(2);
-/// Latency above which the test fails (SPEC design target: 100 ms).
+/// Latency above which the test fails (SPEC design target: 100 ms), from the CLI's exit.
 const APPLY_LATENCY_MAX: Duration = Duration::from_millis(500);
 const _: () = assert!(APPLY_LATENCY_MAX.as_millis() < APPLY_DEADLINE.as_millis());
 /// Server log kept in memory (the newest bytes), printed when a test fails.
@@ -253,35 +253,42 @@ fn config_cli(home: &Path, args: &[&str]) -> String {
     stdout
 }
 
-/// Polls `probe` until it returns true or `APPLY_DEADLINE` passes (measured from `since`);
-/// returns the time from `since` to the first success.
-fn wait_until(since: Instant, what: &str, mut probe: impl FnMut() -> bool) -> Duration {
-    let mut attempts = 0u32;
+/// Runs `agentregistry config ARGS` against the home of a running server, then polls `probe`
+/// (a request without side effects) until it returns true. Latency is measured from the CLI's
+/// exit (its write is durable by then) to the first probe that sees the change; polling stops
+/// with a failure at `APPLY_DEADLINE`, and a latency over `APPLY_LATENCY_MAX` fails too.
+/// Prints the latency (and the time including the CLI process). Returns the CLI's stdout.
+fn change_and_wait(home: &Path, args: &[&str], mut probe: impl FnMut() -> bool) -> String {
+    let what = format!("config {}", args.join(" "));
+    let cli_started = Instant::now();
+    let out = config_cli(home, args);
+    let cli_done = Instant::now();
+    let mut probes = 0u32;
     loop {
-        attempts += 1;
+        probes += 1;
         if probe() {
-            let latency = since.elapsed();
-            eprintln!("{what}: applied after {latency:?} ({attempts} probes)");
-            return latency;
+            break;
         }
         assert!(
-            since.elapsed() < APPLY_DEADLINE,
-            "{what}: not applied within {APPLY_DEADLINE:?} ({attempts} probes)"
+            cli_done.elapsed() < APPLY_DEADLINE,
+            "{what}: the server did not apply the change within {APPLY_DEADLINE:?} of the CLI's \
+             exit ({probes} probes)"
         );
     }
-}
-
-/// Asserts the measured latency of a config change is within `APPLY_LATENCY_MAX`.
-fn assert_latency(what: &str, latency: Duration) {
+    let latency = cli_done.elapsed();
     eprintln!(
-        "{what}: CLI-to-server latency {} ms (design target 100 ms, fails above {} ms)",
+        "{what}: applied {} ms after the CLI exited ({} ms including the CLI process, \
+         {probes} probes; design target 100 ms, fails above {} ms)",
         latency.as_millis(),
+        cli_started.elapsed().as_millis(),
         APPLY_LATENCY_MAX.as_millis()
     );
     assert!(
         latency < APPLY_LATENCY_MAX,
-        "{what}: the server applied the change after {latency:?}, over {APPLY_LATENCY_MAX:?}"
+        "{what}: the server applied the change {latency:?} after the CLI exited, over \
+         {APPLY_LATENCY_MAX:?}"
     );
+    out
 }
 
 // ---------------------------------------------------------------------------------------
@@ -448,13 +455,6 @@ fn read_only_set_by_the_cli_applies_live() {
 
     // Probe with the identical retry of an acknowledged publish: 200 while writable (no
     // change), 503 once read-only; it never changes the store either way.
-    let started = Instant::now();
-    let out = config_cli(&home, &["set", "read_only", "true"]);
-    let cli_done = Instant::now();
-    assert!(
-        out.starts_with("read_only = true"),
-        "config set output: {out:?}"
-    );
     let probe_read_only = || {
         let res = server.publish(&token, &first);
         match res.status {
@@ -466,12 +466,11 @@ fn read_only_set_by_the_cli_applies_live() {
             _ => panic!("a retried publish: expected 200 or 503: {}", res.describe()),
         }
     };
-    let latency = wait_until(started, "read_only = true", probe_read_only);
-    eprintln!(
-        "read_only = true: {} ms after the CLI exited",
-        latency.saturating_sub(cli_done - started).as_millis()
+    let out = change_and_wait(&home, &["set", "read_only", "true"], probe_read_only);
+    assert!(
+        out.starts_with("read_only = true"),
+        "config set output: {out:?}"
     );
-    assert_latency("read_only = true", latency);
 
     // Every write is refused while read-only; reads go on.
     let res = server.publish(&token, &second);
@@ -501,12 +500,6 @@ fn read_only_set_by_the_cli_applies_live() {
     );
 
     // Toggle back: the new version publishes (503 until the server sees the change).
-    let started = Instant::now();
-    let out = config_cli(&home, &["toggle", "read_only"]);
-    assert!(
-        out.starts_with("read_only = false"),
-        "config toggle output: {out:?}"
-    );
     let probe_writable = || {
         let res = server.publish(&token, &second);
         match res.status {
@@ -515,8 +508,11 @@ fn read_only_set_by_the_cli_applies_live() {
             _ => panic!("publish of 1.0.1: expected 503 or 201: {}", res.describe()),
         }
     };
-    let latency = wait_until(started, "read_only = false", probe_writable);
-    assert_latency("read_only = false", latency);
+    let out = change_and_wait(&home, &["toggle", "read_only"], probe_writable);
+    assert!(
+        out.starts_with("read_only = false"),
+        "config toggle output: {out:?}"
+    );
     assert_eq!(
         config_cli(&home, &["get", "read_only"]).trim(),
         "false",
@@ -541,8 +537,6 @@ fn private_registry_needs_a_token_for_reads_and_round_trips_through_env() {
         anonymous.describe()
     );
 
-    let started = Instant::now();
-    config_cli(&home, &["set", "private_registry", "true"]);
     let probe = || {
         let res = server.send("GET", "/private-pkg", None, b"");
         match res.status {
@@ -554,8 +548,7 @@ fn private_registry_needs_a_token_for_reads_and_round_trips_through_env() {
             _ => panic!("anonymous GET: expected 200 or 401: {}", res.describe()),
         }
     };
-    let latency = wait_until(started, "private_registry = true", probe);
-    assert_latency("private_registry = true", latency);
+    change_and_wait(&home, &["set", "private_registry", "true"], probe);
 
     // Every read needs a token now; with one, reads work.
     let tarball = "/private-pkg/-/private-pkg-1.0.0.tgz";
