@@ -29,6 +29,12 @@ struct Entry {
 pub struct PackageCache {
     entries: HashMap<Box<str>, Entry>,
     bytes: usize,
+    /// Answered from the cache without touching storage.
+    pub hits: u64,
+    /// Confirmed current by reading only the revision.
+    pub revalidations: u64,
+    /// Loaded from storage.
+    pub loads: u64,
 }
 
 impl PackageCache {
@@ -42,10 +48,12 @@ impl PackageCache {
         let generation = shard.generation();
         if let Some(entry) = self.entries.get_mut(name) {
             if entry.generation == generation {
+                self.hits += 1;
                 return Ok(Some(Rc::clone(&entry.served)));
             }
             if shard.read_rev(name)? == Some(entry.served.rev) {
                 entry.generation = generation;
+                self.revalidations += 1;
                 return Ok(Some(Rc::clone(&entry.served)));
             }
         }
@@ -55,6 +63,7 @@ impl PackageCache {
             }
             return Ok(None);
         };
+        self.loads += 1;
         let served = Rc::new(served);
         let weight = served.weight_bytes();
         if weight <= PACKAGE_CACHE_BYTES_MAX / 4 {

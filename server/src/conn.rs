@@ -9,6 +9,7 @@
 
 use std::rc::Rc;
 use std::time::Duration;
+use std::time::Instant;
 
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
@@ -22,10 +23,12 @@ use crate::limits::{
     BODY_BYTES_MAX, BODY_READ_TIMEOUT_MS, COPY_BODY_BYTES_MAX, HEADER_TIMEOUT_MS, IDLE_TIMEOUT_MS,
     READ_BUFFER_BYTES, SMALL_BODY_BYTES_MAX,
 };
+use crate::metrics;
 use crate::route::{self, Route};
 
 /// Serves one connection until the client closes it, an error, or a timeout.
 pub async fn serve(mut stream: TcpStream, core: Rc<Core>) {
+    let _open = OpenConnection::new(&core);
     let mut buf: Vec<u8> = Vec::with_capacity(READ_BUFFER_BYTES);
     let mut out: Vec<u8> = Vec::with_capacity(READ_BUFFER_BYTES);
     let mut start = 0usize;
@@ -34,7 +37,8 @@ pub async fn serve(mut stream: TcpStream, core: Rc<Core>) {
             Ok(None) => Step::NeedMore,
             Ok(Some((head, head_len))) => {
                 let body_start = start + head_len;
-                let outcome = exchange(&mut stream, &head, &buf[body_start..], &core, out).await;
+                let outcome =
+                    exchange(&mut stream, &head, head_len, &buf[body_start..], &core, out).await;
                 match outcome {
                     Ok(Exchange {
                         out: o,
@@ -127,11 +131,14 @@ struct Exchange {
 async fn exchange(
     stream: &mut TcpStream,
     head: &RequestHead<'_>,
+    head_len: usize,
     buffered: &[u8],
     core: &Core,
     mut out: Vec<u8>,
 ) -> Result<Exchange, ()> {
-    let routed = route::route(head.method, head.target);
+    let started = Instant::now();
+    let routed = route::route(head.method, head.target).map(|r| crate::npm::resolve(r, head, core));
+    let kind = metrics::kind_of(&routed, head.accept_abbreviated);
     let body_max = match routed {
         Ok(Route::Publish { .. }) => BODY_BYTES_MAX,
         _ => SMALL_BODY_BYTES_MAX,
@@ -139,6 +146,7 @@ async fn exchange(
     let received = receive_body(stream, head, buffered, body_max, &mut out).await;
     let (reply, used, leftover) = match received {
         Ok((body, used, leftover)) => {
+            core.metrics.borrow_mut().bytes_in += (head_len + body.len()) as u64;
             let reply = match routed {
                 Ok(route) => crate::npm::handle(route, head, body, core).await,
                 Err(e) => {
@@ -157,7 +165,9 @@ async fn exchange(
         Err(BodyFailure::Gone) => return Err(()),
     };
     let keep_alive = head.keep_alive && !reply.close;
+    let out_before = out.len();
     respond::write_head(&mut out, &reply, keep_alive, &core.date());
+    let head_bytes = out.len() - out_before;
     if head.method != Method::Head {
         if reply.body.len() <= COPY_BODY_BYTES_MAX {
             out.extend_from_slice(&reply.body);
@@ -167,6 +177,15 @@ async fn exchange(
             result.map_err(|_| ())?;
         }
     }
+    let body_bytes = if head.method == Method::Head {
+        0
+    } else {
+        reply.body.len()
+    };
+    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    core.metrics
+        .borrow_mut()
+        .record(kind, reply.status, micros, (head_bytes + body_bytes) as u64);
     Ok(Exchange {
         out,
         used,
@@ -298,5 +317,26 @@ async fn read_into(
     match read {
         Ok((Ok(n), slice)) if n > 0 => Ok(slice.into_inner()),
         Ok((Ok(_) | Err(_), _)) | Err(_) => Err(()),
+    }
+}
+
+/// Counts a connection as open for as long as it lives.
+struct OpenConnection<'c> {
+    core: &'c Core,
+}
+
+impl<'c> OpenConnection<'c> {
+    fn new(core: &'c Core) -> OpenConnection<'c> {
+        let mut m = core.metrics.borrow_mut();
+        m.connections_open += 1;
+        m.connections_total += 1;
+        drop(m);
+        OpenConnection { core }
+    }
+}
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.core.metrics.borrow_mut().connections_open -= 1;
     }
 }

@@ -26,6 +26,7 @@ use crate::auth::{AuthWorker, BasicCache};
 use crate::cache::{PackageCache, RebasedCache, TarballCache};
 use crate::config::DriverChoice;
 use crate::live_config::LiveConfig;
+use crate::metrics::{CoreMetrics, Mailbox, SnapshotRequest};
 use crate::writer::Writers;
 
 /// State every core shares (read-mostly; mutation only through atomics inside).
@@ -42,6 +43,8 @@ pub struct Shared {
     pub auth_worker: AuthWorker,
     pub writers: Writers,
     pub live: Arc<LiveConfig>,
+    /// Each core's metrics mailbox, by core index (see `metrics.rs`).
+    pub core_mailboxes: Vec<Mailbox<CoreMetrics>>,
 }
 
 impl Shared {
@@ -72,6 +75,7 @@ pub struct Core {
     pub rebased: RefCell<RebasedCache>,
     pub tarballs: RefCell<TarballCache>,
     pub basic: RefCell<BasicCache>,
+    pub metrics: RefCell<CoreMetrics>,
     date: RefCell<(u64, String)>,
 }
 
@@ -84,8 +88,19 @@ impl Core {
             rebased: RefCell::default(),
             tarballs: RefCell::default(),
             basic: RefCell::default(),
+            metrics: RefCell::default(),
             date: RefCell::new((0, String::new())),
         }
+    }
+
+    /// A copy of this core's metrics, cache counters included.
+    pub fn metrics_snapshot(&self) -> CoreMetrics {
+        let mut snapshot = self.metrics.borrow().clone();
+        let cache = self.packages.borrow();
+        snapshot.cache_hits = cache.hits;
+        snapshot.cache_revalidations = cache.revalidations;
+        snapshot.cache_loads = cache.loads;
+        snapshot
     }
 
     /// The HTTP `Date` value, formatted at most once per second per core.
@@ -108,18 +123,18 @@ impl Core {
 /// # Errors
 /// A core that cannot build any runtime, or thread creation failures.
 pub fn run(
-    cores: usize,
     driver: DriverChoice,
     listener: &TcpListener,
     shared: &Arc<Shared>,
+    mailboxes: Vec<flume::Receiver<SnapshotRequest<CoreMetrics>>>,
 ) -> anyhow::Result<()> {
-    let mut threads = Vec::with_capacity(cores);
-    for index in 0..cores {
+    let mut threads = Vec::with_capacity(mailboxes.len());
+    for (index, mailbox) in mailboxes.into_iter().enumerate() {
         let listener = listener.try_clone()?;
         let shared = Arc::clone(shared);
         let thread = std::thread::Builder::new()
             .name(format!("core-{index}"))
-            .spawn(move || run_core(index, driver, listener, shared))?;
+            .spawn(move || run_core(index, driver, listener, shared, mailbox))?;
         threads.push(thread);
     }
     for thread in threads {
@@ -136,6 +151,7 @@ fn run_core(
     driver: DriverChoice,
     listener: TcpListener,
     shared: Arc<Shared>,
+    mailbox: flume::Receiver<SnapshotRequest<CoreMetrics>>,
 ) -> anyhow::Result<()> {
     let core = Rc::new(Core::new(index, shared));
     let want_uring = driver != DriverChoice::Legacy;
@@ -147,7 +163,8 @@ fn run_core(
         match built {
             Ok(mut runtime) => {
                 tracing::info!(core = index, io.driver = "io_uring", "core started");
-                return runtime.block_on(accept_loop(listener, core));
+                core.metrics.borrow_mut().driver = "io_uring";
+                return runtime.block_on(start(listener, core, mailbox));
             }
             // MEASUREMENTS.md: detection can succeed and ring creation still fail (memlock).
             Err(e) if driver == DriverChoice::Auto => {
@@ -162,7 +179,22 @@ fn run_core(
         .enable_timer()
         .build()?;
     tracing::info!(core = index, io.driver = "epoll", "core started");
-    runtime.block_on(accept_loop(listener, core))
+    core.metrics.borrow_mut().driver = "epoll";
+    runtime.block_on(start(listener, core, mailbox))
+}
+
+async fn start(
+    listener: TcpListener,
+    core: Rc<Core>,
+    mailbox: flume::Receiver<SnapshotRequest<CoreMetrics>>,
+) -> anyhow::Result<()> {
+    let answering = Rc::clone(&core);
+    monoio::spawn(async move {
+        while let Ok(reply) = mailbox.recv_async().await {
+            let _ = reply.send(answering.metrics_snapshot());
+        }
+    });
+    accept_loop(listener, core).await
 }
 
 async fn accept_loop(listener: TcpListener, core: Rc<Core>) -> anyhow::Result<()> {

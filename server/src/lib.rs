@@ -20,6 +20,7 @@ pub mod cores;
 pub mod http;
 pub mod limits;
 pub mod live_config;
+pub mod metrics;
 pub mod npm;
 pub mod route;
 pub mod serve;

@@ -12,6 +12,8 @@ use crate::http::parse::Method;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
     Ping,
+    /// `GET /-/metrics` (and `GET /metrics` from a client that does not ask for JSON).
+    Metrics,
     Whoami,
     /// `PUT /-/user/org.couchdb.user:NAME`
     Login {
@@ -141,6 +143,7 @@ pub fn route(method: Method, target: &str) -> Result<Route, RouteError> {
 fn route_special(method: Method, segments: &[&str]) -> Result<Route, RouteError> {
     match (method, segments) {
         (Method::Get, ["ping"]) => Ok(Route::Ping),
+        (Method::Get, ["metrics"]) => Ok(Route::Metrics),
         (Method::Get, ["whoami"]) => Ok(Route::Whoami),
         (Method::Post, ["v1", "login"]) => Ok(Route::WebLogin),
         (_, ["user", couch]) if couch.starts_with("org.couchdb.user:") => {

@@ -51,7 +51,17 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     write_admin_token(data.home())?;
     let (writers, _writer_threads) = Writers::start(&shards, &blobs, &auth)?;
     let auth_worker = AuthWorker::start(Arc::clone(&auth))?;
+    let blobs_for_scan = Arc::clone(&blobs);
+    std::thread::Builder::new()
+        .name("blob-stats".into())
+        .spawn(move || {
+            if let Err(e) = blobs_for_scan.scan_stats() {
+                tracing::error!(error = %e, "counting blobs for metrics failed");
+            }
+        })?;
     let live = Arc::new(LiveConfig::new(&record));
+    let (core_mailboxes, mailbox_receivers): (Vec<_>, Vec<_>) =
+        (0..config.cores).map(|_| flume::bounded(4)).unzip();
     live_config::start_watcher(config_file, Arc::clone(&live))?;
     let shared = Arc::new(Shared {
         base_url: base_url.clone(),
@@ -62,6 +72,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         auth_worker,
         writers,
         live,
+        core_mailboxes,
     });
     tracing::info!(
         home = %data.home().display(),
@@ -75,7 +86,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     writeln!(stdout, "agentregistry listening on http://{bound}")?;
     stdout.flush()?;
     drop(stdout);
-    cores::run(config.cores, config.driver, &listener, &shared)
+    cores::run(config.driver, &listener, &shared, mailbox_receivers)
 }
 
 /// Opens `config.bin` (created with defaults on first start: registration open when the

@@ -2268,3 +2268,50 @@ fn version_documents_and_dist_tags() {
         res.describe()
     );
 }
+
+/// Goal: `/metrics` reports what happened, in Prometheus text format, merged across cores and
+/// writers. Method: publish, read, miss, then scrape (also as a scraper's Accept and through
+/// `/-/metrics`) and check counters and the sample-line syntax; a JSON client asking for the
+/// package `metrics` gets a 404 packument, not the scrape.
+#[test]
+fn metrics_scrape_counts_requests_and_publishes() {
+    let server = Server::start();
+    let token = server.login("metrics-user");
+    server.publish_ok(&token, &fixture("metrics-pkg", "1.0.0", "m"));
+    for _ in 0..3 {
+        assert_eq!(server.get("/metrics-pkg").status, 200);
+    }
+    assert_eq!(server.get("/absent-pkg").status, 404);
+    let scrape =
+        server.send(&Req::new("GET", "/metrics").header("Accept", "text/plain;version=0.0.4;q=1"));
+    assert_eq!(scrape.status, 200, "{}", scrape.describe());
+    let content_type = scrape.header("content-type").unwrap_or_default().to_owned();
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    let text = scrape.text();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (_, value) = line
+            .rsplit_once(' ')
+            .expect("sample lines end with a value");
+        assert!(value.parse::<f64>().is_ok(), "bad sample line {line:?}");
+    }
+    let has = |needle: &str| assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    has("agentregistry_requests_total{route=\"packument\",status=\"2xx\"} 3");
+    has("agentregistry_requests_total{route=\"packument\",status=\"4xx\"} 1");
+    has("agentregistry_requests_total{route=\"publish\",status=\"2xx\"} 1");
+    has("agentregistry_publishes_total 1");
+    has("agentregistry_request_duration_seconds{route=\"packument\",quantile=\"0.99\"}");
+    has("agentregistry_commit_duration_seconds_count{writer=\"all\"} 1");
+    has("agentregistry_io_driver{core=\"0\",driver=");
+    has("agentregistry_config_generation ");
+    let again = server.get("/-/metrics");
+    assert_eq!(again.status, 200);
+    assert!(
+        again.text().contains("route=\"metrics\""),
+        "the first scrape is counted"
+    );
+    let as_package = server.send(&Req::new("GET", "/metrics").header("Accept", "application/json"));
+    as_package.expect_error(404, "not_found");
+}

@@ -17,6 +17,8 @@ pub(crate) use write::{create_dir_durable, sync_dir};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::SystemTime;
 
 /// What can go wrong in the blob store.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +48,18 @@ impl BlobError {
 pub struct BlobStore {
     root: PathBuf,
     tmp: PathBuf,
+    stats: BlobStats,
+}
+
+/// Count and bytes of stored blobs, for metrics. Files this process creates are counted as
+/// they are written; files that existed before `open` are counted by `scan_stats` (run once,
+/// in the background), which skips anything newer than `opened`, so nothing counts twice.
+#[derive(Debug)]
+struct BlobStats {
+    opened: SystemTime,
+    count: AtomicU64,
+    bytes: AtomicU64,
+    scanned: AtomicBool,
 }
 
 impl BlobStore {
@@ -65,9 +79,50 @@ impl BlobStore {
             // Temp files are never referenced by metadata: a crash left them half-written.
             let _ = fs::remove_file(entry.path());
         }
+        let stats = BlobStats {
+            opened: SystemTime::now(),
+            count: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            scanned: AtomicBool::new(false),
+        };
         Ok(BlobStore {
             root: root.to_path_buf(),
             tmp,
+            stats,
+        })
+    }
+
+    /// Counts the blobs that existed when the store was opened (slow: lists every file; run
+    /// it off the request path). Afterwards `stats` reports exact totals.
+    ///
+    /// # Errors
+    /// I/O errors listing the store.
+    pub fn scan_stats(&self) -> Result<(), BlobError> {
+        let (mut count, mut bytes) = (0u64, 0u64);
+        for id in self.list()? {
+            let Ok(meta) = fs::metadata(self.path_of(&id)) else {
+                continue;
+            };
+            if meta.modified().is_ok_and(|m| m >= self.stats.opened) {
+                continue;
+            }
+            count += 1;
+            bytes += meta.len();
+        }
+        self.stats.count.fetch_add(count, Ordering::Relaxed);
+        self.stats.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.stats.scanned.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// (blob count, total bytes), once `scan_stats` has finished.
+    #[must_use]
+    pub fn stats(&self) -> Option<(u64, u64)> {
+        self.stats.scanned.load(Ordering::Acquire).then(|| {
+            (
+                self.stats.count.load(Ordering::Relaxed),
+                self.stats.bytes.load(Ordering::Relaxed),
+            )
         })
     }
 
@@ -115,7 +170,12 @@ impl BlobStore {
             op: "write",
             path: path.clone(),
             source,
-        })
+        })?;
+        self.stats.count.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Reads blob `id` and verifies that its bytes hash to `id`.

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use super::tables::{META, META_BASE_URL, PACKAGES, REVS, SERVED};
 use super::ShardId;
@@ -124,6 +124,7 @@ pub enum ReadError {
 /// One shard's database.
 pub struct ShardStore {
     id: ShardId,
+    path: std::path::PathBuf,
     db: Database,
     base_url: Box<str>,
     /// Bumped after every commit; cores compare it to skip revalidating cached records.
@@ -156,6 +157,7 @@ impl ShardStore {
             .map_err(|e| storage(e.into()))?;
         let store = ShardStore {
             id,
+            path: path.to_path_buf(),
             db,
             base_url: base_url.into(),
             generation: AtomicU64::new(0),
@@ -267,6 +269,22 @@ impl ShardStore {
                 name: name.to_owned(),
                 detail: e.to_string(),
             })
+    }
+
+    /// Number of live packages (for metrics).
+    ///
+    /// # Errors
+    /// redb errors.
+    pub fn package_count(&self) -> Result<u64, ReadError> {
+        let txn = self.db.begin_read().map_err(|e| self.read_error(e))?;
+        let table = txn.open_table(REVS).map_err(|e| self.read_error(e))?;
+        table.len().map_err(|e| self.read_error(e))
+    }
+
+    /// Size of the shard's file in bytes (for metrics).
+    #[must_use]
+    pub fn file_bytes(&self) -> u64 {
+        std::fs::metadata(&self.path).map_or(0, |m| m.len())
     }
 
     /// Names of every package in this shard, sorted.

@@ -34,6 +34,10 @@ pub struct RequestHead<'b> {
     pub keep_alive: bool,
     /// `Accept` asks for `application/vnd.npm.install-v1+json` (the abbreviated packument).
     pub accept_abbreviated: bool,
+    /// `Accept` names JSON (npm, pnpm and bun do; yarn sends no Accept at all).
+    pub accept_json: bool,
+    /// `Accept` names Prometheus' formats (`text/plain` or `openmetrics`).
+    pub accept_metrics: bool,
     /// `Accept-Encoding` allows gzip.
     pub accept_gzip: bool,
     pub if_none_match: Option<&'b [u8]>,
@@ -135,6 +139,8 @@ pub fn head(buf: &[u8]) -> Result<Option<(RequestHead<'_>, usize)>, ParseError> 
         framing: Framing::None,
         keep_alive: minor == 1,
         accept_abbreviated: false,
+        accept_json: false,
+        accept_metrics: false,
         accept_gzip: false,
         if_none_match: None,
         authorization: None,
@@ -165,6 +171,9 @@ pub fn head(buf: &[u8]) -> Result<Option<(RequestHead<'_>, usize)>, ParseError> 
             }
         } else if name.eq_ignore_ascii_case("accept") {
             head.accept_abbreviated |= contains(value, b"application/vnd.npm.install-v1+json");
+            head.accept_json |= contains(value, b"json");
+            head.accept_metrics |=
+                contains(value, b"text/plain") || contains(value, b"openmetrics");
         } else if name.eq_ignore_ascii_case("accept-encoding") {
             head.accept_gzip |= contains_token(value, b"gzip");
         } else if name.eq_ignore_ascii_case("if-none-match") {

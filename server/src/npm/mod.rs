@@ -51,6 +51,7 @@ async fn dispatch(
     let private = core.shared.live.has(FLAG_PRIVATE_REGISTRY);
     match route {
         Route::Ping => Ok(Reply::json(200, &b"{}"[..])),
+        Route::Metrics => Ok(crate::metrics::scrape(core).await),
         Route::WebLogin => Err(ApiError::not_found(
             "web login is not supported by this registry; use `npm login --auth-type=legacy`",
         )),
@@ -95,6 +96,27 @@ async fn dispatch(
             dist_tags::remove(package_name(&package)?, &tag, user, core).await
         }
     }
+}
+
+/// `GET /metrics` is also a valid package name. Scrapers ask for text; npm clients ask for
+/// JSON, except yarn, which sends no Accept: it gets the package when one exists.
+#[must_use]
+pub fn resolve(route: Route, head: &RequestHead<'_>, core: &Core) -> Route {
+    match route {
+        Route::Packument { package }
+            if package == "metrics"
+                && (head.accept_metrics
+                    || (!head.accept_json && !package_exists(&package, core))) =>
+        {
+            Route::Metrics
+        }
+        other => other,
+    }
+}
+
+fn package_exists(name: &str, core: &Core) -> bool {
+    let shard = core.shared.shard(name);
+    !matches!(core.packages.borrow_mut().get(shard, name), Ok(None))
 }
 
 fn package_name(raw: &str) -> Result<PackageName, ApiError> {
