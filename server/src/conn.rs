@@ -60,7 +60,7 @@ pub async fn serve(mut stream: TcpStream, core: Rc<Core>) {
                 let (status, kind) = e.status();
                 let mut reply = Reply::error(status, kind, &e.to_string());
                 reply.close = true;
-                respond::write_head(&mut out, &reply, false, &core.date());
+                respond::write_head(&mut out, &reply, false, |o| core.write_date(o));
                 out.extend_from_slice(&reply.body);
                 let _ = stream.write_all(out).await;
                 return;
@@ -166,7 +166,7 @@ async fn exchange(
     };
     let keep_alive = head.keep_alive && !reply.close;
     let out_before = out.len();
-    respond::write_head(&mut out, &reply, keep_alive, &core.date());
+    respond::write_head(&mut out, &reply, keep_alive, |o| core.write_date(o));
     let head_bytes = out.len() - out_before;
     if head.method != Method::Head {
         if reply.body.len() <= COPY_BODY_BYTES_MAX {

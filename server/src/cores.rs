@@ -104,7 +104,7 @@ impl Core {
     }
 
     /// The HTTP `Date` value, formatted at most once per second per core.
-    pub fn date(&self) -> String {
+    pub fn write_date(&self, out: &mut Vec<u8>) {
         let now = SystemTime::now();
         let secs = now
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -113,7 +113,7 @@ impl Core {
         if date.0 != secs || date.1.is_empty() {
             *date = (secs, httpdate::fmt_http_date(now));
         }
-        date.1.clone()
+        out.extend_from_slice(date.1.as_bytes());
     }
 }
 

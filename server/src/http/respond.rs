@@ -2,8 +2,6 @@
 //! connection's reused output buffer. Bodies are `Bytes`, so pre-rendered documents are
 //! shared, never copied per request (small ones are appended to the head for a single write).
 
-use std::fmt::Write as _;
-
 use bytes::Bytes;
 
 /// Content types the registry answers with.
@@ -91,39 +89,61 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-/// Appends the response head for `reply` to `out`. `head_only` (HEAD requests) keeps the
-/// Content-Length of the body that is not sent.
-pub fn write_head(out: &mut Vec<u8>, reply: &Reply, keep_alive: bool, date: &str) {
-    let mut head = String::with_capacity(256);
-    let _ = write!(
-        head,
-        "HTTP/1.1 {} {}\r\n",
-        reply.status,
-        reason(reply.status)
-    );
-    let _ = write!(head, "Date: {date}\r\nServer: agentregistry\r\n");
+/// Appends the response head for `reply` to `out`, writing straight into the reused buffer
+/// (no allocation, no formatting machinery: this runs for every response). `date` appends the
+/// `Date` value. HEAD requests keep the Content-Length of the body that is not sent.
+pub fn write_head(
+    out: &mut Vec<u8>,
+    reply: &Reply,
+    keep_alive: bool,
+    date: impl FnOnce(&mut Vec<u8>),
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_decimal(out, u64::from(reply.status));
+    out.push(b' ');
+    out.extend_from_slice(reason(reply.status).as_bytes());
+    out.extend_from_slice(b"\r\nDate: ");
+    date(out);
+    out.extend_from_slice(b"\r\nServer: agentregistry\r\n");
     if reply.status != 304 {
-        let _ = write!(head, "Content-Type: {}\r\n", reply.content_type);
+        out.extend_from_slice(b"Content-Type: ");
+        out.extend_from_slice(reply.content_type.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
-    let _ = write!(head, "Content-Length: {}\r\n", reply.body.len());
-    head.push_str("X-Content-Type-Options: nosniff\r\n");
+    out.extend_from_slice(b"Content-Length: ");
+    push_decimal(out, reply.body.len() as u64);
+    out.extend_from_slice(b"\r\nX-Content-Type-Options: nosniff\r\n");
     if let Some(etag) = &reply.etag {
-        head.push_str("ETag: ");
-        head.push_str(std::str::from_utf8(etag).unwrap_or("\"\""));
-        head.push_str("\r\n");
+        out.extend_from_slice(b"ETag: ");
+        out.extend_from_slice(etag);
+        out.extend_from_slice(b"\r\n");
     }
     if reply.gzip {
-        head.push_str("Content-Encoding: gzip\r\n");
+        out.extend_from_slice(b"Content-Encoding: gzip\r\n");
     }
     if reply.vary_accept {
-        head.push_str("Vary: Accept, Accept-Encoding\r\n");
+        out.extend_from_slice(b"Vary: Accept, Accept-Encoding\r\n");
     }
-    head.push_str(if keep_alive && !reply.close {
-        "Connection: keep-alive\r\n\r\n"
+    out.extend_from_slice(if keep_alive && !reply.close {
+        b"Connection: keep-alive\r\n\r\n"
     } else {
-        "Connection: close\r\n\r\n"
+        b"Connection: close\r\n\r\n"
     });
-    out.extend_from_slice(head.as_bytes());
+}
+
+fn push_decimal(out: &mut Vec<u8>, mut value: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        // `value % 10` is below 10, so the cast cannot truncate.
+        digits[at] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// The interim response for `Expect: 100-continue`.
@@ -139,11 +159,22 @@ mod tests {
         let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
         assert_eq!(body["error"], "not_found");
         let mut out = Vec::new();
-        write_head(&mut out, &reply, true, "Sun, 22 Nov 2026 00:00:00 GMT");
+        write_head(&mut out, &reply, true, |o| {
+            o.extend_from_slice(b"Sun, 22 Nov 2026 00:00:00 GMT");
+        });
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"));
         assert!(text.contains(&format!("Content-Length: {}\r\n", reply.body.len())));
         assert!(text.contains("X-Content-Type-Options: nosniff\r\n"));
         assert!(text.ends_with("Connection: keep-alive\r\n\r\n"));
+    }
+
+    #[test]
+    fn decimal() {
+        for value in [0u64, 7, 10, 304, 65_535, u64::MAX] {
+            let mut out = Vec::new();
+            push_decimal(&mut out, value);
+            assert_eq!(out, value.to_string().into_bytes());
+        }
     }
 }
