@@ -8,8 +8,8 @@ use std::path::Path;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
-const TOKENS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("tokens");
+pub(crate) const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+pub(crate) const TOKENS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("tokens");
 
 /// A registered user.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +72,11 @@ impl AuthStore {
         txn.open_table(TOKENS).map_err(storage)?;
         txn.commit().map_err(storage)?;
         Ok(AuthStore { db })
+    }
+
+    /// The redb database, for backup's read transaction.
+    pub(crate) fn database(&self) -> &Database {
+        &self.db
     }
 
     /// Looks a user up.

@@ -12,10 +12,12 @@
 //! rendered per request.
 
 pub mod auth;
+pub mod backup;
 pub mod blob;
 pub mod config_record;
 pub mod data_dir;
 pub mod error;
+pub mod fsck;
 pub mod integrity;
 pub mod limits;
 pub mod names;

@@ -10,6 +10,7 @@
 //!    writer thread -> `ShardStore::apply_batch` (group commit) -> durable reply.
 //! 6. `http::respond::write_head` + body -> the connection's output buffer.
 
+pub mod admin;
 pub mod api_error;
 pub mod auth;
 pub mod cache;

@@ -1,9 +1,11 @@
-//! The `agentregistry` binary: parse the command line, then run `serve` or `config`.
+//! The `agentregistry` binary: parse the command line, then run `serve`, `config`, or one of
+//! the administration commands (`fsck`, `backup`, `restore`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use server::admin::cli::{CliError, Outcome};
 use server::config::{Config, DriverChoice, RawConfig};
 use server::config_cli::ConfigCommand;
 
@@ -53,6 +55,43 @@ enum Command {
         home: Option<PathBuf>,
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Verify the data directory (blobs, integrity, served records, redb files, config).
+    ///
+    /// Exits 0 when nothing is left to fix, 1 with findings left, 2 on usage or I/O errors.
+    /// While a server runs on the home, the check runs inside that server.
+    Fsck {
+        /// Data directory [default: ~/.agentregistry].
+        #[arg(long, env = "AGENTREGISTRY_HOME")]
+        home: Option<PathBuf>,
+        /// Fix what is safe: stale served records, revs, temp files, orphan blobs, a bad
+        /// config slot. Never deletes metadata or a referenced blob.
+        #[arg(long)]
+        repair: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take a consistent backup into DIR/backup-<timestamp>, also while the server runs.
+    Backup {
+        /// Directory that receives the backup.
+        dir: PathBuf,
+        /// Data directory [default: ~/.agentregistry].
+        #[arg(long, env = "AGENTREGISTRY_HOME")]
+        home: Option<PathBuf>,
+    },
+    /// Restore a backup into the data directory (the server must be stopped).
+    ///
+    /// The restored copy is verified with fsck before it replaces anything.
+    Restore {
+        /// A backup directory written by `agentregistry backup`.
+        backup_dir: PathBuf,
+        /// Data directory [default: ~/.agentregistry].
+        #[arg(long, env = "AGENTREGISTRY_HOME")]
+        home: Option<PathBuf>,
+        /// Restore into a non-empty home; its contents are moved aside, not deleted.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -110,6 +149,45 @@ fn main() -> ExitCode {
                     ExitCode::from(2)
                 }
             }
+        }
+        Command::Fsck { home, repair, json } => admin("fsck", home, |home| {
+            server::admin::cli::fsck(home, repair, json)
+        }),
+        Command::Backup { dir, home } => admin("backup", home, |home| {
+            server::admin::cli::backup(home, &dir)
+        }),
+        Command::Restore {
+            backup_dir,
+            home,
+            force,
+        } => admin("restore", home, |home| {
+            server::admin::cli::restore(&backup_dir, home, force)
+        }),
+    }
+}
+
+/// Runs an administration command: prints its outcome, exits with its code (2 on errors).
+fn admin(
+    name: &str,
+    home: Option<PathBuf>,
+    run: impl FnOnce(&std::path::Path) -> Result<Outcome, CliError>,
+) -> ExitCode {
+    let home = match home.map_or_else(default_home, Ok) {
+        Ok(home) => home,
+        Err(e) => {
+            eprintln!("agentregistry {name}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&home) {
+        Ok(outcome) => {
+            print!("{}", outcome.stdout);
+            eprint!("{}", outcome.stderr);
+            ExitCode::from(outcome.code)
+        }
+        Err(e) => {
+            eprintln!("agentregistry {name}: {e}");
+            ExitCode::from(2)
         }
     }
 }

@@ -29,11 +29,12 @@ pub enum RouteKind {
     Unpublish,
     DistTags,
     Metrics,
+    Admin,
     Invalid,
 }
 
 impl RouteKind {
-    const ALL: [RouteKind; 13] = [
+    const ALL: [RouteKind; 14] = [
         RouteKind::Ping,
         RouteKind::Whoami,
         RouteKind::Login,
@@ -46,6 +47,7 @@ impl RouteKind {
         RouteKind::Unpublish,
         RouteKind::DistTags,
         RouteKind::Metrics,
+        RouteKind::Admin,
         RouteKind::Invalid,
     ];
     const COUNT: usize = RouteKind::ALL.len();
@@ -64,6 +66,7 @@ impl RouteKind {
             RouteKind::Unpublish => "unpublish",
             RouteKind::DistTags => "dist_tags",
             RouteKind::Metrics => "metrics",
+            RouteKind::Admin => "admin",
             RouteKind::Invalid => "invalid",
         }
     }
@@ -502,6 +505,7 @@ pub fn kind_of(
             Route::DistTagsGet { .. } | Route::DistTagSet { .. } | Route::DistTagDelete { .. } => {
                 RouteKind::DistTags
             }
+            Route::AdminFsck | Route::AdminBackup => RouteKind::Admin,
         },
     }
 }

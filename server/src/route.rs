@@ -67,6 +67,10 @@ pub enum Route {
         package: String,
         file: String,
     },
+    /// `POST /-/admin/fsck` (admin token).
+    AdminFsck,
+    /// `POST /-/admin/backup` (admin token).
+    AdminBackup,
 }
 
 /// Why a target matched no route.
@@ -158,6 +162,9 @@ fn route_special(method: Method, segments: &[&str]) -> Result<Route, RouteError>
             token: (*token).to_owned(),
         }),
         (_, ["package", rest @ ..]) => route_dist_tags(method, rest),
+        (Method::Post, ["admin", "fsck"]) => Ok(Route::AdminFsck),
+        (Method::Post, ["admin", "backup"]) => Ok(Route::AdminBackup),
+        (_, ["admin", "fsck" | "backup"]) => Err(RouteError::MethodNotAllowed),
         (_, ["ping" | "whoami"] | ["v1", "login"]) => Err(RouteError::MethodNotAllowed),
         _ => Err(RouteError::NotFound),
     }
@@ -374,6 +381,10 @@ mod tests {
                     tag: pkg("beta"),
                 }),
             ),
+            (Post, "/-/admin/fsck", Ok(Route::AdminFsck)),
+            (Post, "/-/admin/backup", Ok(Route::AdminBackup)),
+            (Get, "/-/admin/fsck", Err(RouteError::MethodNotAllowed)),
+            (Post, "/-/admin/other", Err(RouteError::NotFound)),
             (Delete, "/express", Err(RouteError::MethodNotAllowed)),
             (Post, "/-/ping", Err(RouteError::MethodNotAllowed)),
             (Get, "/-/nothing", Err(RouteError::NotFound)),

@@ -49,6 +49,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     let blobs = Arc::new(BlobStore::open(&data.blobs_path())?);
     let auth = Arc::new(AuthStore::open(&data.auth_path())?);
     write_admin_token(data.home())?;
+    crate::admin::write_server_file(data.home(), listener.local_addr()?)?;
     let (writers, _writer_threads) = Writers::start(&shards, &blobs, &auth)?;
     let auth_worker = AuthWorker::start(Arc::clone(&auth))?;
     let blobs_for_scan = Arc::clone(&blobs);

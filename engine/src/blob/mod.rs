@@ -92,6 +92,55 @@ impl BlobStore {
         })
     }
 
+    /// Attaches to the store at `root` as it is: creates no directory and, unlike `open`,
+    /// leaves temp files in place, so fsck can report them, and backup and restore can read a
+    /// store they must not change. Does no I/O.
+    #[must_use]
+    pub fn attach(root: &Path) -> BlobStore {
+        BlobStore {
+            root: root.to_path_buf(),
+            tmp: root.join("tmp"),
+            stats: BlobStats {
+                opened: SystemTime::now(),
+                count: AtomicU64::new(0),
+                bytes: AtomicU64::new(0),
+                scanned: AtomicBool::new(false),
+            },
+        }
+    }
+
+    /// The directory of in-flight writes (`<root>/tmp`).
+    #[must_use]
+    pub fn tmp_dir(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Deletes blob `id` durably (unlink, then fsync of its directory). Only fsck calls this,
+    /// for a blob it proved unreferenced while holding every shard's write lock (no writer is
+    /// then between finding or writing a blob and committing the metadata that names it).
+    /// The metrics counters are not adjusted. Blocks: fsync.
+    ///
+    /// # Errors
+    /// `NotFound`, or I/O errors.
+    pub fn remove_unreferenced(&self, id: &BlobId) -> Result<(), BlobError> {
+        let path = self.path_of(id);
+        let io_err = |op, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| BlobError::Io { op, path, source }
+        };
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(BlobError::NotFound { id: *id });
+            }
+            Err(e) => return Err(io_err("remove", &path)(e)),
+        }
+        let dir = path
+            .parent()
+            .expect("blob paths always have a fan-out parent");
+        sync_dir(dir).map_err(io_err("fsync", dir))
+    }
+
     /// Counts the blobs that existed when the store was opened (slow: lists every file; run
     /// it off the request path). Afterwards `stats` reports exact totals.
     ///

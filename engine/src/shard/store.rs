@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::tables::{META, META_BASE_URL, PACKAGES, REVS, SERVED};
 use super::ShardId;
@@ -141,6 +141,18 @@ impl std::fmt::Debug for ShardStore {
 }
 
 impl ShardStore {
+    /// The `packages` table, for fsck and backup inside the engine (`tables.rs`).
+    pub(crate) const TABLE_PACKAGES: TableDefinition<'static, &'static str, &'static [u8]> =
+        PACKAGES;
+    /// The `served` table, for fsck and backup inside the engine.
+    pub(crate) const TABLE_SERVED: TableDefinition<'static, &'static str, &'static [u8]> = SERVED;
+    /// The `revs` table, for fsck and backup inside the engine.
+    pub(crate) const TABLE_REVS: TableDefinition<'static, &'static str, u64> = REVS;
+    /// The `meta` table, for fsck and backup inside the engine.
+    pub(crate) const TABLE_META: TableDefinition<'static, &'static str, &'static [u8]> = META;
+    /// The `meta` key of the base URL served records were rendered for.
+    pub(crate) const META_KEY_BASE_URL: &'static str = META_BASE_URL;
+
     /// Opens (or creates) the shard file. When the documents were rendered for another base
     /// URL, re-renders every served record before returning. Blocks: fsync.
     ///
@@ -208,6 +220,19 @@ impl ShardStore {
     #[must_use]
     pub fn base_url(&self) -> &str {
         &self.base_url
+    }
+
+    /// The redb database, for fsck and backup inside the engine: they read through MVCC read
+    /// transactions; fsck's repairs take a write transaction, which redb serializes with the
+    /// writer's.
+    pub(crate) fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// Tells readers that a commit outside `apply_batch` (fsck's repair) changed packages, so
+    /// cached records are revalidated.
+    pub fn note_external_commit(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Commit counter: unchanged means no package in this shard changed.

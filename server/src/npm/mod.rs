@@ -95,6 +95,8 @@ async fn dispatch(
             let user = require_user(head, core).await?;
             dist_tags::remove(package_name(&package)?, &tag, user, core).await
         }
+        Route::AdminFsck => crate::admin::fsck(head, &body, core).await,
+        Route::AdminBackup => crate::admin::backup(head, &body, core).await,
     }
 }
 

@@ -1,0 +1,212 @@
+//! Repairs: served records and revs re-derived from the package records, temp files deleted,
+//! orphan blobs deleted behind the write barrier (see `fsck/mod.rs`).
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use redb::{Database, ReadableTable};
+
+use super::{Ctx, Report, Scan};
+use crate::blob::BlobId;
+use crate::packument::StoredPackage;
+use crate::served::{decode_served, encode_served};
+use crate::shard::ShardStore;
+
+/// Re-renders served records and rebuilds revs, one write transaction per shard. Each package
+/// is re-read inside the transaction: a writer may have changed it since the scan.
+pub(super) fn repair_served(ctx: &Ctx<'_>, scan: &Scan, report: &mut Report) {
+    for (shard, fixes) in ctx.shards.iter().zip(&scan.fixes) {
+        if fixes.is_empty() {
+            continue;
+        }
+        let Some(base_url) = &shard.base_url else {
+            report.notes.push(format!(
+                "shard {} records no base URL: its served records were not re-rendered",
+                shard.id.0
+            ));
+            continue;
+        };
+        match rewrite_served(shard.db, base_url, fixes.keys()) {
+            Ok(done) => {
+                if let Some(store) = shard.store {
+                    store.note_external_commit();
+                }
+                for (name, what) in done {
+                    for &index in &fixes[&name] {
+                        report.repaired(index, what);
+                    }
+                }
+            }
+            Err(e) => report.notes.push(format!(
+                "repairing shard {} failed (nothing was changed in it): {e}",
+                shard.id.0
+            )),
+        }
+    }
+}
+
+fn rewrite_served<'n>(
+    db: &Database,
+    base_url: &str,
+    names: impl Iterator<Item = &'n String>,
+) -> Result<Vec<(String, &'static str)>, redb::Error> {
+    let txn = db.begin_write()?;
+    let mut done = Vec::new();
+    {
+        let mut packages = txn.open_table(ShardStore::TABLE_PACKAGES)?;
+        let mut served = txn.open_table(ShardStore::TABLE_SERVED)?;
+        let mut revs = txn.open_table(ShardStore::TABLE_REVS)?;
+        let mut packages_out = Vec::new();
+        for name in names {
+            let record = packages.get(name.as_str())?.map(|v| v.value().to_vec());
+            let stored = match record.map(|r| StoredPackage::decode(&r)) {
+                // A corrupt record is reported on its own; its derived records stay.
+                Some(Err(_)) => continue,
+                Some(Ok(stored)) => Some(stored),
+                None => None,
+            };
+            match stored.filter(|s| s.versions().is_some_and(|v| !v.is_empty())) {
+                Some(mut stored) => {
+                    // A new revision, so cores holding the stale record reload it instead of
+                    // revalidating it by an unchanged revision.
+                    stored.rev += 1;
+                    packages_out.push((name.clone(), stored.encode()));
+                    let record = encode_served(&stored, base_url);
+                    served.insert(name.as_str(), record.as_slice())?;
+                    revs.insert(name.as_str(), stored.rev)?;
+                    done.push((name.clone(), "re-rendered from the package record"));
+                }
+                None => {
+                    served.remove(name.as_str())?;
+                    revs.remove(name.as_str())?;
+                    done.push((name.clone(), "removed (no live package)"));
+                }
+            }
+        }
+        for (name, bytes) in packages_out {
+            packages.insert(name.as_str(), bytes.as_slice())?;
+        }
+    }
+    txn.commit()?;
+    Ok(done)
+}
+
+pub(super) fn repair_temp_files(temps: &[(PathBuf, usize)], report: &mut Report) {
+    for (path, index) in temps {
+        match fs::remove_file(path) {
+            Ok(()) => {
+                if let Some(dir) = path.parent() {
+                    let _ = File::open(dir).and_then(|d| d.sync_all());
+                }
+                report.repaired(*index, "deleted");
+            }
+            Err(e) => report
+                .notes
+                .push(format!("deleting {} failed: {e}", path.display())),
+        }
+    }
+}
+
+/// Deletes orphan blobs behind the write barrier described at the top of this file.
+pub(super) fn repair_orphans(ctx: &Ctx<'_>, orphans: &[(BlobId, usize)], report: &mut Report) {
+    if orphans.is_empty() {
+        return;
+    }
+    let results = match references_under_barrier(ctx, |referenced| {
+        orphans
+            .iter()
+            .filter(|(id, _)| !referenced.contains(id))
+            .map(|(id, index)| (*index, ctx.blobs.remove_unreferenced(id)))
+            .collect::<Vec<_>>()
+    }) {
+        Ok(Some(results)) => results,
+        Ok(None) => {
+            report.notes.push(
+                "orphan blobs were kept: not every shard and package record could be read".into(),
+            );
+            return;
+        }
+        Err(e) => {
+            report.notes.push(format!(
+                "orphan blobs were kept: taking the write barrier failed: {e}"
+            ));
+            return;
+        }
+    };
+    let kept = orphans.len() - results.len();
+    if kept > 0 {
+        report.notes.push(format!(
+            "{kept} orphan blobs were kept: a write since the check references them again"
+        ));
+    }
+    for (index, result) in results {
+        match result {
+            Ok(()) => report.repaired(index, "deleted"),
+            Err(e) => report.notes.push(format!("deleting an orphan failed: {e}")),
+        }
+    }
+}
+
+/// Holds every shard's write transaction, collects every blob any package record or served
+/// record names, runs `act` on that set, then aborts the transactions. `None` (and `act` not
+/// run) when a record could not be read, as nothing can then be proven unreferenced.
+fn references_under_barrier<T>(
+    ctx: &Ctx<'_>,
+    act: impl FnOnce(&BTreeSet<BlobId>) -> T,
+) -> Result<Option<T>, redb::Error> {
+    if !ctx.all_shards_open {
+        return Ok(None);
+    }
+    let mut txns = Vec::with_capacity(ctx.shards.len());
+    for shard in &ctx.shards {
+        txns.push(shard.db.begin_write()?);
+    }
+    let mut referenced = BTreeSet::new();
+    let mut complete = true;
+    for txn in &txns {
+        let packages = txn.open_table(ShardStore::TABLE_PACKAGES)?;
+        let served = txn.open_table(ShardStore::TABLE_SERVED)?;
+        complete &= collect_references(&packages, &served, &mut referenced)?;
+    }
+    let result = complete.then(|| act(&referenced));
+    for txn in txns {
+        txn.abort()?;
+    }
+    Ok(result)
+}
+
+/// Adds every blob named by `packages` and `served` to `out`; false when a record did not
+/// decode (its references are unknown).
+pub(crate) fn collect_references(
+    packages: &impl ReadableTable<&'static str, &'static [u8]>,
+    served: &impl ReadableTable<&'static str, &'static [u8]>,
+    out: &mut BTreeSet<BlobId>,
+) -> Result<bool, redb::StorageError> {
+    let mut complete = true;
+    for entry in packages.iter()? {
+        let (_, value) = entry?;
+        match StoredPackage::decode(value.value()) {
+            Ok(stored) => {
+                for tarball in stored.tarballs.values() {
+                    match tarball.blob_id() {
+                        Some(id) => {
+                            out.insert(id);
+                        }
+                        None => complete = false,
+                    }
+                }
+            }
+            Err(_) => complete = false,
+        }
+    }
+    for entry in served.iter()? {
+        let (_, value) = entry?;
+        // A served record that does not decode names nothing that can be served.
+        if let Ok(decoded) = decode_served(Bytes::copy_from_slice(value.value())) {
+            out.extend(decoded.tarballs.iter().map(|t| t.blob));
+        }
+    }
+    Ok(complete)
+}

@@ -1,0 +1,476 @@
+//! The checking passes: metadata (package records, served records, revs), blobs (read and
+//! hashed on a few threads), orphan blobs and temp files.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::fs;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+
+use bytes::Bytes;
+use redb::{ReadableDatabase, ReadableTable};
+use serde_json::Value;
+
+use super::report::FindingKind::{
+    CorruptBlob, CorruptPackage, IntegrityMismatch, MissingBlob, OrphanBlob, RedbCorrupt,
+    RevsMismatch, StaleServed, TempFile,
+};
+use super::{Ctx, Expect, FindingKind, Phase, Progress, Report, Scan, ShardView, ONLINE_GRACE};
+use crate::blob::{BlobError, BlobId, BlobStore};
+use crate::integrity;
+use crate::packument::StoredPackage;
+use crate::served::{decode_served, encode_served};
+use crate::shard::ShardStore;
+
+/// Threads that read and hash blobs in parallel.
+const BLOB_CHECK_THREADS_MAX: usize = 4;
+/// Referencing versions named in one blob finding; the rest are counted.
+const WHO_LISTED_MAX: usize = 3;
+
+pub(super) fn scan_metadata(
+    ctx: &Ctx<'_>,
+    report: &mut Report,
+    progress: &mut dyn FnMut(Progress),
+) -> Scan {
+    let mut scan = Scan {
+        complete: true,
+        ..Scan::default()
+    };
+    let total = ctx.shards.len() as u64;
+    for (index, shard) in ctx.shards.iter().enumerate() {
+        progress(Progress {
+            phase: Phase::Metadata,
+            done: index as u64,
+            total,
+        });
+        let mut fixes = BTreeMap::new();
+        if let Err(e) = scan_shard(shard, &mut scan, &mut fixes, report) {
+            scan.complete = false;
+            report.push(
+                RedbCorrupt,
+                shard.path.display().to_string(),
+                format!("reading shard {} failed: {e}", shard.id.0),
+            );
+        }
+        scan.fixes.push(fixes);
+        report.checked.shards += 1;
+    }
+    progress(Progress {
+        phase: Phase::Metadata,
+        done: total,
+        total,
+    });
+    scan
+}
+
+fn scan_shard(
+    shard: &ShardView<'_>,
+    scan: &mut Scan,
+    fixes: &mut BTreeMap<String, Vec<usize>>,
+    report: &mut Report,
+) -> Result<(), redb::Error> {
+    let txn = shard.db.begin_read()?;
+    let packages = txn.open_table(ShardStore::TABLE_PACKAGES)?;
+    let served = txn.open_table(ShardStore::TABLE_SERVED)?;
+    let revs = txn.open_table(ShardStore::TABLE_REVS)?;
+    let mut names = BTreeSet::new();
+    for entry in packages.iter()? {
+        let (key, value) = entry?;
+        let name = key.value().to_owned();
+        report.checked.packages += 1;
+        let stored = match StoredPackage::decode(value.value()) {
+            Ok(stored) => stored,
+            Err(e) => {
+                scan.complete = false;
+                report.push(
+                    CorruptPackage,
+                    &name,
+                    format!("the record does not decode: {e}"),
+                );
+                names.insert(name);
+                continue;
+            }
+        };
+        let served_bytes = served.get(name.as_str())?.map(|v| v.value().to_vec());
+        let rev = revs.get(name.as_str())?.map(|v| v.value());
+        let found = check_package(shard, &name, &stored, served_bytes, rev, scan, report);
+        if !found.is_empty() {
+            fixes.insert(name.clone(), found);
+        }
+        names.insert(name);
+    }
+    for entry in served.iter()? {
+        let (key, value) = entry?;
+        let name = key.value();
+        if !names.contains(name) {
+            // Served all the same: its blobs are checked, and are not orphans while it stays.
+            note_served_refs(name, value.value(), scan);
+            let i = report.push(StaleServed, name, "a served record with no package".into());
+            fixes.entry(name.to_owned()).or_default().push(i);
+        }
+    }
+    for entry in revs.iter()? {
+        let (key, _) = entry?;
+        let name = key.value();
+        if !names.contains(name) {
+            let i = report.push(RevsMismatch, name, "a rev with no package".into());
+            fixes.entry(name.to_owned()).or_default().push(i);
+        }
+    }
+    Ok(())
+}
+
+/// Checks one decoded package against its served record and rev; returns the indices of the
+/// findings a re-render fixes.
+fn check_package(
+    shard: &ShardView<'_>,
+    name: &str,
+    stored: &StoredPackage,
+    served: Option<Vec<u8>>,
+    rev: Option<u64>,
+    scan: &mut Scan,
+    report: &mut Report,
+) -> Vec<usize> {
+    let mut fixable = Vec::new();
+    check_tarball_index(name, stored, scan, report);
+    let live = stored.versions().is_some_and(|v| !v.is_empty());
+    if !live {
+        if let Some(bytes) = served {
+            note_served_refs(name, &bytes, scan);
+            fixable.push(report.push(
+                StaleServed,
+                name,
+                "every version is unpublished, but a served record remains".into(),
+            ));
+        }
+        if rev.is_some() {
+            let detail = "every version is unpublished, but a rev remains".into();
+            fixable.push(report.push(RevsMismatch, name, detail));
+        }
+        return fixable;
+    }
+    if let Some(detail) = served_problem(shard, stored, served.as_deref()) {
+        if let Some(bytes) = &served {
+            note_served_refs(name, bytes, scan);
+        }
+        fixable.push(report.push(StaleServed, name, detail));
+    }
+    if rev != Some(stored.rev) {
+        let detail = format!("revs holds {rev:?}, the package is at rev {}", stored.rev);
+        fixable.push(report.push(RevsMismatch, name, detail));
+    }
+    fixable
+}
+
+/// Why the served record is not what rendering `stored` gives, if it is not.
+fn served_problem(
+    shard: &ShardView<'_>,
+    stored: &StoredPackage,
+    served: Option<&[u8]>,
+) -> Option<String> {
+    let Some(bytes) = served else {
+        return Some("the served record is missing".into());
+    };
+    let decoded = match decode_served(Bytes::copy_from_slice(bytes)) {
+        Ok(decoded) => decoded,
+        Err(e) => return Some(format!("the served record is garbage: {e}")),
+    };
+    if decoded.rev != stored.rev {
+        return Some(format!(
+            "the served record is at rev {}, the package at rev {}",
+            decoded.rev, stored.rev
+        ));
+    }
+    let base_url = shard.base_url.as_deref().unwrap_or(&decoded.base_url);
+    if &*decoded.base_url != base_url {
+        return Some(format!(
+            "the served record was rendered for {}, the shard serves {base_url}",
+            decoded.base_url
+        ));
+    }
+    if encode_served(stored, base_url) != bytes {
+        return Some("the served record differs from a fresh rendering of the package".into());
+    }
+    None
+}
+
+/// Blobs a (stale) served record names are served today: check them too, and never call them
+/// orphans.
+fn note_served_refs(name: &str, bytes: &[u8], scan: &mut Scan) {
+    if let Ok(served) = decode_served(Bytes::copy_from_slice(bytes)) {
+        for t in served.tarballs {
+            scan.refs.entry(t.blob).or_default().push(Expect {
+                who: format!("{name} (served record, {})", t.file),
+                integrity: None,
+                shasum: None,
+                size: Some(t.size),
+            });
+        }
+    }
+}
+
+fn check_tarball_index(name: &str, stored: &StoredPackage, scan: &mut Scan, report: &mut Report) {
+    let versions = stored.versions();
+    for (version, tarball) in &stored.tarballs {
+        let who = format!("{name}@{version}");
+        let Some(manifest) = versions.and_then(|v| v.get(version)) else {
+            scan.complete = false;
+            let detail = "the tarball index names a version that `versions` lacks".into();
+            report.push(CorruptPackage, who, detail);
+            continue;
+        };
+        let Some(id) = tarball.blob_id() else {
+            scan.complete = false;
+            let detail = format!(
+                "the tarball index names blob {:?}, not a hex id",
+                tarball.blob
+            );
+            report.push(CorruptPackage, who, detail);
+            continue;
+        };
+        let dist = manifest.get("dist");
+        let text = |field: &str| dist.and_then(|d| d.get(field)).and_then(Value::as_str);
+        report.checked.versions += 1;
+        scan.refs.entry(id).or_default().push(Expect {
+            integrity: text("integrity").map(str::to_owned),
+            shasum: text("shasum").map(str::to_owned),
+            size: Some(tarball.size),
+            who,
+        });
+    }
+    for version in versions.into_iter().flat_map(|v| v.keys()) {
+        if !stored.tarballs.contains_key(version) {
+            let detail = "the version has no entry in the tarball index".into();
+            report.push(CorruptPackage, format!("{name}@{version}"), detail);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Blobs
+// ---------------------------------------------------------------------------------------
+
+/// What reading one blob showed.
+enum BlobOutcome {
+    /// The bytes hash to the name; `problems` are (expect index, kind, detail).
+    Sound {
+        size: u64,
+        problems: Vec<(usize, FindingKind, String)>,
+    },
+    Missing,
+    Corrupt(String),
+}
+
+pub(super) fn check_blobs(
+    ctx: &Ctx<'_>,
+    refs: &BTreeMap<BlobId, Vec<Expect>>,
+    report: &mut Report,
+    progress: &mut dyn FnMut(Progress),
+) -> Vec<BlobId> {
+    let work: Vec<(&BlobId, &Vec<Expect>)> = refs.iter().collect();
+    let mut missing = Vec::new();
+    let total = work.len() as u64;
+    let next = AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .clamp(1, BLOB_CHECK_THREADS_MAX);
+    let (tx, rx) = mpsc::sync_channel::<(usize, BlobOutcome)>(threads * 2);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            let tx = tx.clone();
+            let (next, work, blobs) = (&next, &work, ctx.blobs);
+            scope.spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((id, expects)) = work.get(i) else {
+                    break;
+                };
+                if tx.send((i, read_blob(blobs, id, expects))).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(tx);
+        progress(Progress {
+            phase: Phase::Blobs,
+            done: 0,
+            total,
+        });
+        for (done, (i, outcome)) in (1..).zip(rx) {
+            let (id, expects) = work[i];
+            if matches!(outcome, BlobOutcome::Missing) {
+                missing.push(*id);
+            }
+            judge_blob(id, expects, outcome, report);
+            progress(Progress {
+                phase: Phase::Blobs,
+                done,
+                total,
+            });
+        }
+    });
+    missing
+}
+
+fn read_blob(blobs: &BlobStore, id: &BlobId, expects: &[Expect]) -> BlobOutcome {
+    let bytes = match blobs.read(id) {
+        Ok(bytes) => bytes,
+        Err(BlobError::NotFound { .. }) => return BlobOutcome::Missing,
+        Err(BlobError::Corrupt { detail, .. }) => return BlobOutcome::Corrupt(detail),
+        Err(e @ BlobError::Io { .. }) => return BlobOutcome::Corrupt(format!("unreadable: {e}")),
+    };
+    let computed = integrity::compute(&bytes);
+    let size = bytes.len() as u64;
+    let mut problems = Vec::new();
+    for (index, expect) in expects.iter().enumerate() {
+        if let Some(indexed) = expect.size.filter(|s| *s != size) {
+            let detail = format!("the tarball index says {indexed} bytes, blob {id} has {size}");
+            problems.push((index, CorruptPackage, detail));
+        }
+        let claimed = (expect.integrity.as_deref(), expect.shasum.as_deref());
+        if let Err(e) = integrity::verify(&computed, &bytes, claimed.0, claimed.1) {
+            problems.push((index, IntegrityMismatch, format!("{e} (blob {id})")));
+        }
+    }
+    BlobOutcome::Sound { size, problems }
+}
+
+fn judge_blob(id: &BlobId, expects: &[Expect], outcome: BlobOutcome, report: &mut Report) {
+    report.checked.blobs += 1;
+    let who = || {
+        let mut names: Vec<&str> = expects.iter().map(|e| e.who.as_str()).collect();
+        let more = names.len().saturating_sub(WHO_LISTED_MAX);
+        names.truncate(WHO_LISTED_MAX);
+        let mut out = format!("referenced by {}", names.join(", "));
+        if more > 0 {
+            let _ = write!(out, " and {more} more");
+        }
+        out
+    };
+    match outcome {
+        BlobOutcome::Missing => {
+            let detail = format!("the blob is not in the store; {}", who());
+            report.push(MissingBlob, id.to_hex(), detail);
+        }
+        BlobOutcome::Corrupt(detail) => {
+            let detail = format!("{detail}; {}", who());
+            report.push(CorruptBlob, id.to_hex(), detail);
+        }
+        BlobOutcome::Sound { size, problems } => {
+            report.checked.blob_bytes += size;
+            for (index, kind, detail) in problems {
+                report.push(kind, expects[index].who.clone(), detail);
+            }
+        }
+    }
+}
+
+/// Lists unreferenced blobs as findings; returns those repair may delete. An orphan whose
+/// content matches a version whose blob is missing is kept: the tarball index may name the
+/// wrong blob (damaged metadata), and this file may be the version's real tarball.
+pub(super) fn find_orphans(
+    ctx: &Ctx<'_>,
+    listed: &[BlobId],
+    missing: &[BlobId],
+    scan: &Scan,
+    report: &mut Report,
+) -> Vec<(BlobId, usize)> {
+    if !scan.complete {
+        report.notes.push(
+            "orphan blobs were not looked for: a shard or a package record could not be read, \
+             so what it references is unknown"
+                .into(),
+        );
+        return Vec::new();
+    }
+    let mut orphans = Vec::new();
+    let mut young = 0u64;
+    for id in listed.iter().filter(|id| !scan.refs.contains_key(id)) {
+        let path = ctx.blobs.path_of(id);
+        if ctx.is_young(&path) {
+            young += 1;
+            continue;
+        }
+        let size = fs::metadata(&path).map_or(0, |m| m.len());
+        let mut detail = format!("{size} bytes, named by no version and no served record");
+        let lost = lost_tarball_of(ctx.blobs, id, missing, scan);
+        if let Some(who) = &lost {
+            let _ = write!(
+                detail,
+                "; its content matches {who}, whose blob is missing: kept, the tarball index \
+                 may name the wrong blob"
+            );
+        }
+        let index = report.push(OrphanBlob, id.to_hex(), detail);
+        if lost.is_none() {
+            orphans.push((*id, index));
+        }
+    }
+    if young > 0 {
+        report.notes.push(format!(
+            "{young} unreferenced blobs younger than {}s were left alone (publishes in flight?)",
+            ONLINE_GRACE.as_secs()
+        ));
+    }
+    orphans
+}
+
+/// The version (among those whose blob is missing) whose integrity blob `id`'s content has.
+fn lost_tarball_of(
+    blobs: &BlobStore,
+    id: &BlobId,
+    missing: &[BlobId],
+    scan: &Scan,
+) -> Option<String> {
+    if missing.is_empty() {
+        return None;
+    }
+    let bytes = blobs.read(id).ok()?;
+    let computed = integrity::compute(&bytes);
+    missing
+        .iter()
+        .filter_map(|m| scan.refs.get(m))
+        .flatten()
+        .find(|e| {
+            let claim = e.integrity.as_deref();
+            claim.is_some() && integrity::verify(&computed, &bytes, claim, None).is_ok()
+        })
+        .map(|e| e.who.clone())
+}
+
+pub(super) fn find_temp_files(ctx: &Ctx<'_>, report: &mut Report) -> Vec<(PathBuf, usize)> {
+    let mut found = Vec::new();
+    let mut candidates: Vec<PathBuf> = match fs::read_dir(ctx.blobs.tmp_dir()) {
+        Ok(entries) => entries.filter_map(|e| Some(e.ok()?.path())).collect(),
+        Err(_) => Vec::new(),
+    };
+    candidates.sort();
+    candidates.push(ctx.data.home().join("format.json.tmp"));
+    let own_prefix = format!("{}-", std::process::id());
+    let mut skipped = 0u64;
+    for path in candidates {
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let own = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(&own_prefix));
+        if ctx.online && (own || ctx.is_young(&path)) {
+            skipped += 1;
+            continue;
+        }
+        let detail = format!("{} bytes, left by an interrupted write", meta.len());
+        found.push((
+            path.clone(),
+            report.push(TempFile, path.display().to_string(), detail),
+        ));
+    }
+    if skipped > 0 {
+        report.notes.push(format!(
+            "{skipped} temp files of the running server or younger than {}s were left alone",
+            ONLINE_GRACE.as_secs()
+        ));
+    }
+    found
+}

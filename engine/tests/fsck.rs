@@ -1,0 +1,638 @@
+//! fsck, backup and restore over a real data directory.
+//!
+//! Goal: every kind of damage fsck knows is detected with the right kind, `repair` fixes only
+//! the safe ones (and says so), a second fsck is clean except for what cannot be repaired,
+//! nothing referenced is ever deleted, a truncated redb file is reported as corruption, and a
+//! backup taken while the stores are open restores into an identical, fsck-clean directory.
+//!
+//! Method: a two-shard data directory is filled through `ShardStore::apply_batch` (the real
+//! write path), then damaged by hand: blob files edited, deleted and truncated; redb tables
+//! edited through redb directly (with the stores closed); a temp file and an orphan blob
+//! added; one config slot flipped.
+
+#![expect(clippy::unwrap_used, reason = "test fixtures fail loudly by design")]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use engine::auth::{AuthStore, UserRecord};
+use engine::backup;
+use engine::blob::{BlobId, BlobStore};
+use engine::config_record::{ConfigFile, ConfigRecord};
+use engine::data_dir::DataDir;
+use engine::fsck::{self, FindingKind, FsckError, Report};
+use engine::integrity;
+use engine::names::{PackageName, Version};
+use engine::publish::{NewVersion, PublishRequest};
+use engine::shard::{shard_for, ShardId, ShardStore, WriteOp};
+use redb::{ReadableTable, TableDefinition};
+use serde_json::{json, Value};
+
+const BASE: &str = "http://127.0.0.1:4873";
+const SHARDS: u16 = 2;
+const PACKAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("packages");
+const SERVED: TableDefinition<&str, &[u8]> = TableDefinition::new("served");
+const REVS: TableDefinition<&str, u64> = TableDefinition::new("revs");
+
+fn tarball(name: &str) -> Vec<u8> {
+    format!("tarball of {name} ").repeat(200).into_bytes()
+}
+
+fn publish(name: &str, version: &str) -> WriteOp {
+    let bytes = tarball(name);
+    let Value::Object(manifest) = json!({"name": name, "version": version}) else {
+        unreachable!()
+    };
+    WriteOp::Publish {
+        request: PublishRequest {
+            name: PackageName::parse(name).unwrap(),
+            versions: vec![NewVersion {
+                version: Version::parse(version).unwrap(),
+                manifest,
+                blob: BlobId::of(&bytes),
+                checksums: integrity::compute(&bytes),
+                tarball: bytes,
+            }],
+            dist_tags: Vec::new(),
+        },
+        user: "ada".into(),
+    }
+}
+
+/// A data directory with its stores open, as a server holds them.
+struct Open {
+    data: DataDir,
+    shards: Vec<ShardStore>,
+    blobs: BlobStore,
+    auth: AuthStore,
+}
+
+impl Open {
+    fn new(home: &Path) -> Open {
+        let data = DataDir::open_or_create(home, u32::from(SHARDS)).unwrap();
+        let shards = (0..data.shard_count())
+            .map(|i| ShardStore::open(&data.shard_path(ShardId(i)), ShardId(i), BASE).unwrap())
+            .collect();
+        let blobs = BlobStore::open(&data.blobs_path()).unwrap();
+        let auth = AuthStore::open(&data.auth_path()).unwrap();
+        ConfigFile::open_or_create(&data.config_path(), &ConfigRecord::new(BASE, 0)).unwrap();
+        Open {
+            data,
+            shards,
+            blobs,
+            auth,
+        }
+    }
+
+    fn publish(&self, names: &[&str]) {
+        for name in names {
+            let shard = &self.shards[usize::from(shard_for(name, SHARDS).0)];
+            let results = shard.apply_batch(vec![publish(name, "1.0.0")], &self.blobs, now());
+            assert!(results.iter().all(Result::is_ok), "{results:?}");
+        }
+    }
+
+    fn check(&self, repair: bool) -> Report {
+        let shards: Vec<&ShardStore> = self.shards.iter().collect();
+        fsck::check(&self.data, &shards, &self.blobs, repair, &mut |_| {})
+    }
+
+    /// Every package's served record (full document bytes) and tarball bytes.
+    fn contents(&self) -> BTreeMap<String, (Vec<u8>, Vec<u8>)> {
+        let mut out = BTreeMap::new();
+        for shard in &self.shards {
+            for name in shard.read_names().unwrap() {
+                let served = shard.read_served(&name).unwrap().unwrap();
+                let tarball = self.blobs.read(&served.tarballs[0].blob).unwrap();
+                out.insert(name, (served.full.identity.to_vec(), tarball));
+            }
+        }
+        out
+    }
+}
+
+fn now() -> SystemTime {
+    SystemTime::now()
+}
+
+fn offline(home: &Path, repair: bool) -> Report {
+    fsck::check_offline(home, repair, &mut |_| {}).unwrap()
+}
+
+fn blob_path(home: &Path, name: &str) -> PathBuf {
+    BlobStore::attach(&home.join("blobs")).path_of(&BlobId::of(&tarball(name)))
+}
+
+fn shard_file(home: &Path, name: &str) -> PathBuf {
+    home.join("shards")
+        .join(format!("{:03}.redb", shard_for(name, SHARDS).0))
+}
+
+/// Runs `edit` in one write transaction of the shard that holds `name` (stores closed).
+fn edit_shard(home: &Path, name: &str, edit: impl FnOnce(&redb::WriteTransaction)) {
+    let db = redb::Database::open(shard_file(home, name)).unwrap();
+    let txn = db.begin_write().unwrap();
+    edit(&txn);
+    txn.commit().unwrap();
+}
+
+fn kinds(report: &Report) -> BTreeMap<FindingKind, u64> {
+    report.counts.clone()
+}
+
+fn subjects(report: &Report, kind: FindingKind) -> Vec<String> {
+    report
+        .findings
+        .iter()
+        .filter(|f| f.kind == kind)
+        .map(|f| f.subject.clone())
+        .collect()
+}
+
+#[test]
+fn clean_store_is_clean_online_and_offline_and_offline_is_refused_while_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let open = Open::new(&home);
+    open.publish(&["a", "b", "@s/c", "d"]);
+    let online = open.check(false);
+    assert!(online.is_clean(), "{}", online.render_text());
+    assert!(online.online);
+    assert_eq!(online.checked.packages, 4);
+    assert_eq!(online.checked.versions, 4);
+    assert_eq!(online.checked.blobs, 4);
+    let locked = fsck::check_offline(&home, false, &mut |_| {});
+    assert!(
+        matches!(locked, Err(FsckError::Locked { .. })),
+        "{locked:?}"
+    );
+    drop(open);
+    let mut phases = Vec::new();
+    let report = fsck::check_offline(&home, false, &mut |p| phases.push(p.phase)).unwrap();
+    assert!(report.is_clean(), "{}", report.render_text());
+    assert!(!report.online);
+    assert!(phases.contains(&fsck::Phase::Blobs), "{phases:?}");
+}
+
+#[test]
+fn every_kind_is_detected_and_only_safe_ones_are_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let open = Open::new(&home);
+    let names = [
+        "flipped",
+        "deleted",
+        "truncated",
+        "garbage",
+        "rev",
+        "claims",
+        "fine",
+    ];
+    open.publish(&names);
+    let orphan = b"bytes nothing references".to_vec();
+    open.blobs.write(&BlobId::of(&orphan), &orphan).unwrap();
+    drop(open);
+
+    // Blob damage: one flipped byte, a deleted file, a truncated file.
+    let flipped = blob_path(&home, "flipped");
+    let mut bytes = fs::read(&flipped).unwrap();
+    bytes[10] ^= 0x20;
+    fs::write(&flipped, bytes).unwrap();
+    fs::remove_file(blob_path(&home, "deleted")).unwrap();
+    let truncated = blob_path(&home, "truncated");
+    let len = fs::metadata(&truncated).unwrap().len();
+    fs::File::options()
+        .write(true)
+        .open(&truncated)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    // Metadata damage: a garbage served record, a wrong rev, a wrong integrity claim.
+    edit_shard(&home, "garbage", |txn| {
+        let mut served = txn.open_table(SERVED).unwrap();
+        served
+            .insert("garbage", &b"\x01not a served record"[..])
+            .unwrap();
+    });
+    edit_shard(&home, "rev", |txn| {
+        txn.open_table(REVS).unwrap().insert("rev", 99).unwrap();
+    });
+    edit_shard(&home, "claims", |txn| {
+        let mut packages = txn.open_table(PACKAGES).unwrap();
+        let mut stored: Value =
+            serde_json::from_slice(packages.get("claims").unwrap().unwrap().value()).unwrap();
+        stored["doc"]["versions"]["1.0.0"]["dist"]["integrity"] =
+            Value::String(integrity::compute(b"other bytes").integrity);
+        let bytes = serde_json::to_vec(&stored).unwrap();
+        packages.insert("claims", bytes.as_slice()).unwrap();
+    });
+    // Leftovers: a temp file; a flipped byte in config slot 1.
+    let temp = home.join("blobs").join("tmp").join("4242-0.tmp");
+    fs::write(&temp, b"half a tarball").unwrap();
+    let config = home.join("config.bin");
+    let mut record = fs::read(&config).unwrap();
+    record[32 + 9] ^= 0x01;
+    fs::write(&config, record).unwrap();
+
+    let before = offline(&home, false);
+    let expected: BTreeMap<FindingKind, u64> = [
+        (FindingKind::CorruptBlob, 2),
+        (FindingKind::MissingBlob, 1),
+        (FindingKind::IntegrityMismatch, 1),
+        // The edited package no longer renders to its served record either.
+        (FindingKind::StaleServed, 2),
+        (FindingKind::RevsMismatch, 1),
+        (FindingKind::OrphanBlob, 1),
+        (FindingKind::TempFile, 1),
+        (FindingKind::ConfigSlotBad, 1),
+    ]
+    .into();
+    assert_eq!(kinds(&before), expected, "{}", before.render_text());
+    let hex = |name: &str| BlobId::of(&tarball(name)).to_hex();
+    let mut corrupt = subjects(&before, FindingKind::CorruptBlob);
+    corrupt.sort();
+    let mut want = vec![hex("flipped"), hex("truncated")];
+    want.sort();
+    assert_eq!(corrupt, want);
+    assert_eq!(
+        subjects(&before, FindingKind::MissingBlob),
+        [hex("deleted")]
+    );
+    assert_eq!(
+        subjects(&before, FindingKind::IntegrityMismatch),
+        ["claims@1.0.0"]
+    );
+    assert_eq!(
+        subjects(&before, FindingKind::OrphanBlob),
+        [BlobId::of(&orphan).to_hex()]
+    );
+    assert!(before.findings.iter().all(|f| f.repaired.is_none()));
+    assert!(temp.exists(), "a check without --repair changes nothing");
+    let text = before.render_text();
+    assert!(text.contains(&hex("flipped")), "{text}");
+
+    let repaired = offline(&home, true);
+    assert_eq!(kinds(&repaired), expected, "{}", repaired.render_text());
+    for finding in &repaired.findings {
+        let repairable = matches!(
+            finding.kind,
+            FindingKind::StaleServed
+                | FindingKind::RevsMismatch
+                | FindingKind::OrphanBlob
+                | FindingKind::TempFile
+                | FindingKind::ConfigSlotBad
+        );
+        assert_eq!(
+            finding.repaired.is_some(),
+            repairable,
+            "{finding:?}\n{}",
+            repaired.render_text()
+        );
+    }
+    assert!(!temp.exists());
+    assert!(
+        flipped.exists(),
+        "a corrupt referenced blob is never deleted"
+    );
+    assert!(
+        truncated.exists(),
+        "a corrupt referenced blob is never deleted"
+    );
+    for name in ["garbage", "rev", "claims", "fine"] {
+        assert!(blob_path(&home, name).exists(), "{name}'s blob was deleted");
+    }
+
+    let after = offline(&home, false);
+    let unrepairable: BTreeMap<FindingKind, u64> = [
+        (FindingKind::CorruptBlob, 2),
+        (FindingKind::MissingBlob, 1),
+        (FindingKind::IntegrityMismatch, 1),
+    ]
+    .into();
+    assert_eq!(kinds(&after), unrepairable, "{}", after.render_text());
+
+    let open = Open::new(&home);
+    let garbage = open.shards[usize::from(shard_for("garbage", SHARDS).0)]
+        .read_served("garbage")
+        .unwrap()
+        .unwrap();
+    // A repaired record gets a new revision, so cores that cached the bad one reload it.
+    assert_eq!(garbage.rev, 2);
+    let rev = open.shards[usize::from(shard_for("rev", SHARDS).0)]
+        .read_rev("rev")
+        .unwrap();
+    assert_eq!(rev, Some(2));
+}
+
+#[test]
+fn online_repair_rerenders_served_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let open = Open::new(&home);
+    open.publish(&["a", "b"]);
+    drop(open);
+    edit_shard(&home, "a", |txn| {
+        txn.open_table(SERVED)
+            .unwrap()
+            .insert("a", &b"junk"[..])
+            .unwrap();
+    });
+    let open = Open::new(&home);
+    let report = open.check(true);
+    assert_eq!(
+        kinds(&report),
+        [(FindingKind::StaleServed, 1)].into(),
+        "{}",
+        report.render_text()
+    );
+    assert!(report.findings[0].repaired.is_some());
+    assert!(open.check(false).is_clean());
+    assert!(open.contents().contains_key("a"));
+}
+
+#[test]
+fn orphans_are_kept_when_a_shard_cannot_be_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let open = Open::new(&home);
+    open.publish(&["a"]);
+    let orphan = b"unreferenced".to_vec();
+    open.blobs.write(&BlobId::of(&orphan), &orphan).unwrap();
+    drop(open);
+    let other = (0..SHARDS)
+        .map(|i| home.join("shards").join(format!("{i:03}.redb")))
+        .find(|p| *p != shard_file(&home, "a"))
+        .unwrap();
+    fs::remove_file(&other).unwrap();
+    let report = offline(&home, true);
+    assert_eq!(
+        subjects(&report, FindingKind::RedbCorrupt),
+        [other.display().to_string()]
+    );
+    assert_eq!(report.count(FindingKind::OrphanBlob), 0);
+    assert!(BlobStore::attach(&home.join("blobs")).has(&BlobId::of(&orphan)));
+    assert!(
+        report.notes.iter().any(|n| n.contains("orphan")),
+        "{report:?}"
+    );
+}
+
+#[test]
+fn a_redb_file_with_its_tail_truncated_is_reported_as_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let open = Open::new(&home);
+    let names: Vec<String> = (0..40).map(|i| format!("pkg-{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    open.publish(&names);
+    drop(open);
+    let path = shard_file(&home, "pkg-0");
+    let len = fs::metadata(&path).unwrap().len();
+    fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len - len / 4)
+        .unwrap();
+    let report = offline(&home, true);
+    let corrupt: Vec<_> = report
+        .findings
+        .iter()
+        .filter(|f| f.kind == FindingKind::RedbCorrupt)
+        .collect();
+    assert_eq!(corrupt.len(), 1, "{}", report.render_text());
+    assert_eq!(corrupt[0].subject, path.display().to_string());
+    assert!(corrupt[0].repaired.is_none());
+    assert!(
+        corrupt[0].detail.contains("restore from a backup"),
+        "{}",
+        corrupt[0].detail
+    );
+    assert_eq!(fs::metadata(&path).unwrap().len(), len - len / 4);
+    // The server refuses the file too, so it is never served.
+    let opened = ShardStore::open(&path, shard_for("pkg-0", SHARDS), BASE);
+    assert!(opened.is_err());
+}
+
+#[test]
+fn backup_while_open_restores_identical_and_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let open = Open::new(&home);
+    open.publish(&["a", "b", "@s/c", "d", "e"]);
+    open.auth
+        .create_user(&UserRecord {
+            name: "ada".into(),
+            password_phc: "$argon2id$x".into(),
+            email: None,
+            created: "now".into(),
+        })
+        .unwrap();
+    let expected = open.contents();
+    let shards: Vec<&ShardStore> = open.shards.iter().collect();
+    let dest = dir.path().join("backups");
+    let summary = backup::backup(
+        &open.data,
+        &shards,
+        &open.blobs,
+        &open.auth,
+        &dest,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(summary.packages, 5);
+    assert_eq!(summary.blobs, 5);
+    assert!(summary.damaged_blobs.is_empty());
+    assert!(summary.path.starts_with(&dest));
+    assert!(summary.path.join("backup.json").is_file());
+    let leftovers: Vec<_> = fs::read_dir(&dest)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with("tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // A running server (open stores) blocks a restore into its home.
+    let refused = backup::restore(&summary.path, &home, true, &mut |_| {});
+    assert!(
+        matches!(refused, Err(backup::BackupError::ServerRunning { .. })),
+        "{refused:?}"
+    );
+    let target = dir.path().join("restored");
+    let restored = backup::restore(&summary.path, &target, false, &mut |_| {}).unwrap();
+    assert!(
+        restored.report.is_clean(),
+        "{}",
+        restored.report.render_text()
+    );
+    assert_eq!(restored.previous, None);
+    let reopened = Open::new(&target);
+    assert_eq!(reopened.contents(), expected);
+    assert!(reopened.auth.read_user("ada").unwrap().is_some());
+    drop(reopened);
+
+    // Non-empty homes: refused without force; with force, kept aside.
+    let refused = backup::restore(&summary.path, &target, false, &mut |_| {});
+    assert!(
+        matches!(refused, Err(backup::BackupError::HomeNotEmpty { .. })),
+        "{refused:?}"
+    );
+    let forced = backup::restore(&summary.path, &target, true, &mut |_| {}).unwrap();
+    let previous = forced.previous.unwrap();
+    assert!(previous.join("format.json").is_file());
+    assert!(offline(&target, false).is_clean());
+}
+
+#[test]
+fn offline_backup_and_a_damaged_backup_is_refused_on_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let open = Open::new(&home);
+    open.publish(&["a", "b"]);
+    drop(open);
+    let dest = dir.path().join("backups");
+    let summary = backup::backup_offline(&home, &dest, &mut |_| {}).unwrap();
+    assert_eq!(summary.packages, 2);
+    let blob = BlobStore::attach(&summary.path.join("blobs")).path_of(&BlobId::of(&tarball("a")));
+    fs::write(&blob, b"rot").unwrap();
+    let target = dir.path().join("restored");
+    let refused = backup::restore(&summary.path, &target, false, &mut |_| {});
+    assert!(
+        matches!(refused, Err(backup::BackupError::Corrupt { .. })),
+        "{refused:?}"
+    );
+    assert!(!target.exists());
+    let staged: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".restore-"))
+        .collect();
+    assert!(
+        staged.is_empty(),
+        "a failed restore leaves no staging copy: {staged:?}"
+    );
+}
+
+#[test]
+fn an_orphan_holding_a_missing_versions_tarball_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let open = Open::new(&home);
+    open.publish(&["lost"]);
+    drop(open);
+    // Damaged metadata: the index names a blob that does not exist; the real one looks orphan.
+    let wrong = BlobId::of(b"not the tarball").to_hex();
+    edit_shard(&home, "lost", |txn| {
+        let mut packages = txn.open_table(PACKAGES).unwrap();
+        let mut stored: Value =
+            serde_json::from_slice(packages.get("lost").unwrap().unwrap().value()).unwrap();
+        stored["tarballs"]["1.0.0"]["blob"] = Value::String(wrong.clone());
+        let bytes = serde_json::to_vec(&stored).unwrap();
+        packages.insert("lost", bytes.as_slice()).unwrap();
+    });
+    // The first repair re-renders the served record (which named the real blob) from the
+    // damaged package record; from then on nothing names the real blob.
+    let first = offline(&home, true);
+    assert_eq!(
+        first.count(FindingKind::StaleServed),
+        1,
+        "{}",
+        first.render_text()
+    );
+    let report = offline(&home, true);
+    assert_eq!(subjects(&report, FindingKind::MissingBlob), [wrong]);
+    let orphan = report
+        .findings
+        .iter()
+        .find(|f| f.kind == FindingKind::OrphanBlob)
+        .unwrap();
+    assert!(orphan.detail.contains("lost@1.0.0"), "{}", orphan.detail);
+    assert!(orphan.repaired.is_none());
+    assert!(blob_path(&home, "lost").exists());
+}
+
+#[test]
+fn online_repair_deletes_old_orphans_behind_the_barrier_and_spares_young_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let open = Open::new(&home);
+    open.publish(&["a", "b", "c"]);
+    let hour_ago = SystemTime::now() - std::time::Duration::from_secs(3600);
+    let old = b"an old orphan".to_vec();
+    let young = b"a young orphan, maybe a publish in flight".to_vec();
+    for bytes in [&old, &young] {
+        open.blobs.write(&BlobId::of(bytes), bytes).unwrap();
+    }
+    let age = |path: &Path| {
+        fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(hour_ago)
+            .unwrap();
+    };
+    age(&open.blobs.path_of(&BlobId::of(&old)));
+    let tmp = home.join("blobs").join("tmp");
+    let stale_temp = tmp.join("1-0.tmp");
+    let own_temp = tmp.join(format!("{}-0.tmp", std::process::id()));
+    for path in [&stale_temp, &own_temp] {
+        fs::write(path, b"partial").unwrap();
+        age(path);
+    }
+    let report = open.check(true);
+    assert_eq!(
+        subjects(&report, FindingKind::OrphanBlob),
+        [BlobId::of(&old).to_hex()],
+        "{}",
+        report.render_text()
+    );
+    assert_eq!(
+        subjects(&report, FindingKind::TempFile),
+        [stale_temp.display().to_string()]
+    );
+    assert!(
+        report.unrepaired().next().is_none(),
+        "{}",
+        report.render_text()
+    );
+    assert!(!open.blobs.has(&BlobId::of(&old)));
+    assert!(open.blobs.has(&BlobId::of(&young)));
+    assert!(own_temp.exists() && !stale_temp.exists());
+    // Writes still go through after the barrier was released.
+    open.publish(&["d"]);
+    assert_eq!(open.contents().len(), 4);
+}
+
+#[test]
+fn a_publish_racing_an_orphan_deletion_never_loses_its_blob() {
+    // Goal: the write barrier. An old orphan is republished (same bytes, so the blob store
+    // finds it present and skips the write) while an online repair deletes orphans. Whatever
+    // the interleaving, the committed version's blob must exist afterwards.
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let open = Open::new(&home);
+    let hour_ago = SystemTime::now() - std::time::Duration::from_secs(3600);
+    for round in 0..12 {
+        let name = format!("race-{round}");
+        let bytes = tarball(&name);
+        let id = BlobId::of(&bytes);
+        open.blobs.write(&id, &bytes).unwrap();
+        fs::File::options()
+            .write(true)
+            .open(open.blobs.path_of(&id))
+            .unwrap()
+            .set_modified(hour_ago)
+            .unwrap();
+        std::thread::scope(|scope| {
+            scope.spawn(|| open.publish(&[name.as_str()]));
+            open.check(true);
+        });
+        assert!(
+            open.blobs.has(&id),
+            "round {round}: the published blob was deleted"
+        );
+        assert!(open.check(false).is_clean());
+    }
+}
