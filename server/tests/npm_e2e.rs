@@ -920,3 +920,52 @@ fn errors(registry: &Registry, names: &Names) {
         "PUT {path} with a wrong password: expected a 4xx (401)\n{shown}"
     );
 }
+
+/// Goal: every client can publish, not just npm. Method: each tool logs in (raw couchdb PUT),
+/// publishes a tiny package with its own publish command, and the registry then serves the
+/// packument and a tarball whose sha512 matches the `dist.integrity` it advertises.
+fn publish_scenario(tool: Tool) {
+    let registry = Registry::start();
+    let Some(mut client) = Client::new(tool, &registry) else {
+        return;
+    };
+    let user = registry.name(&format!("publisher-{}", tool.name()));
+    client.login_http(&user, PASSWORD);
+    let name = registry.name(&format!("e2e-by-{}", tool.name()));
+    let dir = client.new_dir("package");
+    common::write_package(&dir, &name, "1.0.0", &[], &marker_module(&name, "1.0.0"));
+    let args: &[&str] = match tool {
+        Tool::Npm | Tool::Bun => &["publish"],
+        Tool::Pnpm => &["publish", "--no-git-checks"],
+        Tool::Yarn => {
+            // yarn refuses to pack a project it has not installed (no lockfile entry).
+            client.install(&dir);
+            &["npm", "publish"]
+        }
+    };
+    client.run_ok(args, &dir, &format!("{} publish", tool.name()));
+    let (response, doc) = packument(&registry, &name, "application/json");
+    assert_eq!(response.status, 200, "{}", response.describe());
+    assert_eq!(doc["dist-tags"]["latest"], "1.0.0", "{doc}");
+    let tarball = get_tarball(&registry, &tarball_path(&registry, &doc, "1.0.0"));
+    assert_eq!(
+        common::sha512_integrity(&tarball),
+        dist_field(&doc, "1.0.0", "integrity"),
+        "the served tarball matches its advertised integrity"
+    );
+}
+
+#[test]
+fn pnpm_publish_is_served() {
+    publish_scenario(Tool::Pnpm);
+}
+
+#[test]
+fn bun_publish_is_served() {
+    publish_scenario(Tool::Bun);
+}
+
+#[test]
+fn yarn_berry_publish_is_served() {
+    publish_scenario(Tool::Yarn);
+}
