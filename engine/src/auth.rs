@@ -29,6 +29,12 @@ pub struct TokenRecord {
     pub readonly: bool,
     /// First characters of the secret, for `npm token list`.
     pub prefix: String,
+    /// The name given at `npm token create --name` (login tokens have none).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Seconds since the Unix epoch after which the token is refused.
+    #[serde(default)]
+    pub expires_unix: Option<u64>,
 }
 
 /// Why an auth operation failed.
@@ -205,6 +211,8 @@ mod tests {
             created: "now".into(),
             readonly: false,
             prefix: "abc".into(),
+            name: None,
+            expires_unix: None,
         };
         store.write_token(&[7; 32], &token).unwrap();
         assert_eq!(store.read_token(&[7; 32]).unwrap(), Some(token));

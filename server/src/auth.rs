@@ -50,7 +50,17 @@ pub enum LoginError {
     WorkerGone,
 }
 
+/// What `npm token create` asked for.
+pub struct TokenRequest {
+    pub user: String,
+    pub password: String,
+    pub name: Option<String>,
+    pub readonly: bool,
+    pub expires_unix: Option<u64>,
+}
+
 enum Job {
+    CreateToken(TokenRequest),
     Login {
         name: String,
         password: String,
@@ -68,6 +78,7 @@ enum Job {
 
 enum Answer {
     Token(Result<String, LoginError>),
+    Created(Result<(String, TokenRecord), LoginError>),
     Verified(Result<bool, LoginError>),
     Deleted(Result<bool, LoginError>),
 }
@@ -130,6 +141,21 @@ impl AuthWorker {
         }
     }
 
+    /// Creates a named token after checking the user's password (`npm token create`).
+    /// Returns the secret and its stored record.
+    ///
+    /// # Errors
+    /// `BadCredentials`, storage errors.
+    pub async fn create_token(
+        &self,
+        request: TokenRequest,
+    ) -> Result<(String, TokenRecord), LoginError> {
+        match self.ask(Job::CreateToken(request)).await? {
+            Answer::Created(result) => result,
+            _ => Err(LoginError::WorkerGone),
+        }
+    }
+
     /// Checks a password.
     ///
     /// # Errors
@@ -162,6 +188,7 @@ fn run(store: &AuthStore, job: Job) -> Answer {
             open,
         } => Answer::Token(login(store, &name, &password, email, open)),
         Job::Verify { name, password } => Answer::Verified(verify(store, &name, &password)),
+        Job::CreateToken(request) => Answer::Created(create_token(store, request)),
         Job::DeleteToken { hash } => {
             Answer::Deleted(store.delete_token(&hash).map_err(LoginError::from))
         }
@@ -207,9 +234,31 @@ fn login(
         created: now_string(),
         readonly: false,
         prefix: token[..TOKEN_PREFIX.len() + 6].to_owned(),
+        name: None,
+        expires_unix: None,
     };
     store.write_token(&token_hash(&token), &record)?;
     Ok(token)
+}
+
+fn create_token(
+    store: &AuthStore,
+    request: TokenRequest,
+) -> Result<(String, TokenRecord), LoginError> {
+    if !verify(store, &request.user, &request.password)? {
+        return Err(LoginError::BadCredentials);
+    }
+    let token = new_token();
+    let record = TokenRecord {
+        user: request.user,
+        created: now_string(),
+        readonly: request.readonly,
+        prefix: token[..TOKEN_PREFIX.len() + 6].to_owned(),
+        name: request.name,
+        expires_unix: request.expires_unix,
+    };
+    store.write_token(&token_hash(&token), &record)?;
+    Ok((token, record))
 }
 
 fn verify(store: &AuthStore, name: &str, password: &str) -> Result<bool, LoginError> {

@@ -495,7 +495,11 @@ pub fn kind_of(
             Route::Metrics => RouteKind::Metrics,
             Route::Whoami => RouteKind::Whoami,
             Route::Login { .. } | Route::WebLogin => RouteKind::Login,
-            Route::UserGet { .. } | Route::Logout { .. } => RouteKind::User,
+            Route::UserGet { .. }
+            | Route::Logout { .. }
+            | Route::TokensList
+            | Route::TokenCreate
+            | Route::TokenDelete { .. } => RouteKind::User,
             Route::Packument { .. } if abbreviated => RouteKind::PackumentAbbreviated,
             Route::Packument { .. } => RouteKind::Packument,
             Route::VersionDoc { .. } => RouteKind::Version,

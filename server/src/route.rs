@@ -24,6 +24,14 @@ pub enum Route {
         user: String,
     },
     /// `DELETE /-/user/token/TOKEN` (npm logout)
+    /// `GET /-/npm/v1/tokens`
+    TokensList,
+    /// `POST /-/npm/v1/tokens`
+    TokenCreate,
+    /// `DELETE /-/npm/v1/tokens/token/KEY`
+    TokenDelete {
+        key: String,
+    },
     Logout {
         token: String,
     },
@@ -147,6 +155,11 @@ pub fn route(method: Method, target: &str) -> Result<Route, RouteError> {
 fn route_special(method: Method, segments: &[&str]) -> Result<Route, RouteError> {
     match (method, segments) {
         (Method::Get, ["ping"]) => Ok(Route::Ping),
+        (Method::Get, ["npm", "v1", "tokens"]) => Ok(Route::TokensList),
+        (Method::Post, ["npm", "v1", "tokens"]) => Ok(Route::TokenCreate),
+        (Method::Delete, ["npm", "v1", "tokens", "token", key]) => Ok(Route::TokenDelete {
+            key: (*key).to_owned(),
+        }),
         (Method::Get, ["metrics"]) => Ok(Route::Metrics),
         (Method::Get, ["whoami"]) => Ok(Route::Whoami),
         (Method::Post, ["v1", "login"]) => Ok(Route::WebLogin),
@@ -259,6 +272,13 @@ mod tests {
                 Ok(Route::Logout { token: pkg("abc") }),
             ),
             (Post, "/-/v1/login", Ok(Route::WebLogin)),
+            (Get, "/-/npm/v1/tokens", Ok(Route::TokensList)),
+            (Post, "/-/npm/v1/tokens", Ok(Route::TokenCreate)),
+            (
+                Delete,
+                "/-/npm/v1/tokens/token/ab12",
+                Ok(Route::TokenDelete { key: pkg("ab12") }),
+            ),
             (
                 Get,
                 "/express",

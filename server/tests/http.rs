@@ -58,6 +58,8 @@ const RESPONSE_BODY_BYTES_MAX: usize = 16 << 20;
 const SERVER_LOG_BYTES_MAX: usize = 128 << 10;
 /// The abbreviated packument's media type.
 const ABBREVIATED: &str = "application/vnd.npm.install-v1+json";
+/// Every test user's password.
+const PASSWORD: &str = "correct horse battery staple";
 /// What the server says when it exits because `--io-driver uring` cannot run (the only
 /// reason a uring test is skipped; a log that merely mentions `io_uring` does not count).
 const URING_UNAVAILABLE: &str = "io_uring requested but";
@@ -200,7 +202,7 @@ impl Server {
 
     /// Registers (open registration on loopback) and returns a bearer token.
     fn login(&self, user: &str) -> String {
-        let body = json!({"name": user, "password": "correct horse battery staple"});
+        let body = json!({"name": user, "password": PASSWORD});
         let res =
             self.send(&Req::new("PUT", &format!("/-/user/org.couchdb.user:{user}")).json(&body));
         assert_eq!(res.status, 201, "login of {user}: {}", res.describe());
@@ -2314,4 +2316,50 @@ fn metrics_scrape_counts_requests_and_publishes() {
     );
     let as_package = server.send(&Req::new("GET", "/metrics").header("Accept", "application/json"));
     as_package.expect_error(404, "not_found");
+}
+
+/// Goal: `npm token create|list|revoke` semantics. Method: create a read-write and a read-only
+/// token with the password, list them (keys, no secrets), check the read-only one can read but
+/// not publish, revoke the read-write one and check it is refused afterwards.
+#[test]
+fn tokens_create_list_readonly_and_revoke() {
+    let server = Server::start();
+    let login = server.login("token-user");
+    let create = |body: Value| {
+        server.send(
+            &Req::new("POST", "/-/npm/v1/tokens")
+                .bearer(&login)
+                .json(&body),
+        )
+    };
+    create(json!({"password": "wrong-password"})).expect_error(401, "unauthorized");
+    create(json!({"password": "pw", "cidr_whitelist": ["10.0.0.0/8"]}))
+        .expect_error(400, "bad_request");
+    let rw = create(json!({"password": PASSWORD, "name": "ci"}));
+    assert_eq!(rw.status, 200, "{}", rw.describe());
+    let rw = rw.json();
+    let rw_token = rw["token"].as_str().unwrap().to_owned();
+    let ro = create(json!({"password": PASSWORD, "packages_and_scopes_permission": "read-only"}));
+    let ro_token = ro.json()["token"].as_str().unwrap().to_owned();
+    let listed = server
+        .send(&Req::new("GET", "/-/npm/v1/tokens").bearer(&login))
+        .json();
+    let objects = listed["objects"].as_array().unwrap();
+    assert_eq!(objects.len(), 3, "{listed}");
+    let text = listed.to_string();
+    assert!(
+        !text.contains(&rw_token) && !text.contains(&ro_token),
+        "list leaks secrets"
+    );
+    server.publish_ok(&rw_token, &fixture("token-pkg", "1.0.0", "t"));
+    let refused = server.publish(&ro_token, &fixture("token-pkg", "1.1.0", "t"));
+    refused.expect_error(403, "forbidden");
+    let read = server.send(&Req::new("GET", "/token-pkg").bearer(&ro_token));
+    assert_eq!(read.status, 200, "{}", read.describe());
+    let key = rw["key"].as_str().unwrap();
+    let revoke =
+        server.send(&Req::new("DELETE", &format!("/-/npm/v1/tokens/token/{key}")).bearer(&login));
+    assert_eq!(revoke.status, 204, "{}", revoke.describe());
+    let after = server.send(&Req::new("GET", "/-/whoami").bearer(&rw_token));
+    after.expect_error(401, "unauthorized");
 }

@@ -6,6 +6,7 @@ mod dist_tags;
 mod packument;
 mod publish;
 mod tarball;
+mod tokens;
 mod user;
 
 use engine::config_record::{FLAG_PRIVATE_REGISTRY, FLAG_READ_ONLY};
@@ -76,24 +77,29 @@ async fn dispatch(
             dist_tags::get(&package_name(&package)?, core)
         }
         Route::Publish { package, rev } => {
-            let user = require_user(head, core).await?;
+            let user = require_writer(head, core).await?;
             publish::put(package_name(&package)?, body, user, rev, core).await
         }
         Route::Unpublish { package, rev } => {
-            let user = require_user(head, core).await?;
+            let user = require_writer(head, core).await?;
             publish::unpublish(package_name(&package)?, rev, user, core).await
         }
         Route::TarballDelete { package, file } => {
-            require_user(head, core).await?;
+            require_writer(head, core).await?;
             publish::tarball_delete(&package_name(&package)?, &file, core)
         }
         Route::DistTagSet { package, tag } => {
-            let user = require_user(head, core).await?;
+            let user = require_writer(head, core).await?;
             dist_tags::set(package_name(&package)?, &tag, &body, user, core).await
         }
         Route::DistTagDelete { package, tag } => {
-            let user = require_user(head, core).await?;
+            let user = require_writer(head, core).await?;
             dist_tags::remove(package_name(&package)?, &tag, user, core).await
+        }
+        Route::TokensList => tokens::list(&require_user(head, core).await?, core),
+        Route::TokenCreate => tokens::create(require_user(head, core).await?, &body, core).await,
+        Route::TokenDelete { key } => {
+            tokens::delete(&require_user(head, core).await?, &key, core).await
         }
         Route::AdminFsck => crate::admin::fsck(head, &body, core).await,
         Route::AdminBackup => crate::admin::backup(head, &body, core).await,
@@ -132,8 +138,28 @@ async fn read_access(private: bool, head: &RequestHead<'_>, core: &Core) -> Resu
     Ok(())
 }
 
+/// Who sent a request.
+struct Caller {
+    user: String,
+    /// A read-only token (`npm token create` with read-only permission).
+    readonly: bool,
+}
+
 /// The authenticated user, or 401.
 async fn require_user(head: &RequestHead<'_>, core: &Core) -> Result<String, ApiError> {
+    Ok(require_caller(head, core).await?.user)
+}
+
+/// The authenticated user allowed to write, or 401/403.
+async fn require_writer(head: &RequestHead<'_>, core: &Core) -> Result<String, ApiError> {
+    let caller = require_caller(head, core).await?;
+    if caller.readonly {
+        return Err(ApiError::new(403, "forbidden", "this token is read-only"));
+    }
+    Ok(caller.user)
+}
+
+async fn require_caller(head: &RequestHead<'_>, core: &Core) -> Result<Caller, ApiError> {
     user_of(head, core).await?.ok_or_else(|| {
         ApiError::unauthorized("authentication required: log in with `npm login` first")
     })
@@ -141,7 +167,7 @@ async fn require_user(head: &RequestHead<'_>, core: &Core) -> Result<String, Api
 
 /// The user named by the request's credentials: `Bearer <token>` or `Basic <base64>`.
 /// Absent credentials are `None`; present but wrong ones are 401.
-async fn user_of(head: &RequestHead<'_>, core: &Core) -> Result<Option<String>, ApiError> {
+async fn user_of(head: &RequestHead<'_>, core: &Core) -> Result<Option<Caller>, ApiError> {
     let Some(value) = head.authorization else {
         return Ok(None);
     };
@@ -163,7 +189,13 @@ async fn user_of(head: &RequestHead<'_>, core: &Core) -> Result<Option<String>, 
                 )
             })?;
         return match record {
-            Some(record) => Ok(Some(record.user)),
+            Some(record) if record.expires_unix.is_some_and(|e| e <= unix_now()) => {
+                Err(ApiError::unauthorized("the token has expired"))
+            }
+            Some(record) => Ok(Some(Caller {
+                user: record.user,
+                readonly: record.readonly,
+            })),
             None => Err(ApiError::unauthorized(
                 "the token is invalid or was revoked",
             )),
@@ -172,7 +204,10 @@ async fn user_of(head: &RequestHead<'_>, core: &Core) -> Result<Option<String>, 
     if scheme.eq_ignore_ascii_case("basic") {
         let key: [u8; 32] = Sha256::digest(credentials.as_bytes()).into();
         if let Some(user) = core.basic.borrow().get(&key) {
-            return Ok(Some(user));
+            return Ok(Some(Caller {
+                user,
+                readonly: false,
+            }));
         }
         let decoded = base64_simd::STANDARD
             .decode_to_vec(credentials.as_bytes())
@@ -191,9 +226,18 @@ async fn user_of(head: &RequestHead<'_>, core: &Core) -> Result<Option<String>, 
             return Err(ApiError::unauthorized("bad username or password"));
         }
         core.basic.borrow_mut().insert(key, name.to_owned());
-        return Ok(Some(name.to_owned()));
+        return Ok(Some(Caller {
+            user: name.to_owned(),
+            readonly: false,
+        }));
     }
     Err(ApiError::unauthorized(
         "unsupported Authorization scheme (use Bearer or Basic)",
     ))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
