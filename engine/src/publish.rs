@@ -73,6 +73,10 @@ pub enum PublishError {
         given: String,
         current: String,
     },
+    #[error("the revision in the URL ({url:?}) and the body's _rev ({body:?}) differ")]
+    RevMismatch { url: String, body: String },
+    #[error("{rev:?} is not a revision (expected N-hex, as in the document's _rev)")]
+    BadRev { rev: String },
     #[error("a package needs at least one maintainer")]
     NoMaintainers,
     #[error("user {user:?} does not exist")]

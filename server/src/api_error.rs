@@ -54,7 +54,8 @@ impl ApiError {
         ApiError::new(
             507,
             "insufficient_storage",
-            "the registry's disk is full; nothing was stored, retry when space is available",
+            "the registry's disk is full; the write was refused and the package is \
+             unchanged; retry when space is available",
         )
     }
 
@@ -113,6 +114,7 @@ impl From<PublishError> for ApiError {
             | PublishError::TagNotFound { .. } => (404, "not_found"),
             PublishError::LatestTagRequired | PublishError::NoMaintainers => (400, "bad_request"),
             PublishError::RevConflict { .. } => (409, "conflict"),
+            PublishError::RevMismatch { .. } | PublishError::BadRev { .. } => (400, "bad_request"),
             PublishError::UnknownUser { .. } => (404, "not_found"),
             PublishError::TooManyVersions { .. } => (422, "too_many_versions"),
         };
@@ -140,6 +142,7 @@ impl From<WriteError> for ApiError {
             return ApiError::storage_full();
         }
         match e {
+            WriteError::NoSpace { .. } => ApiError::storage_full(),
             WriteError::Refused(refused) => refused.into(),
             WriteError::Blob(blob) => blob.into(),
             WriteError::Storage { .. } | WriteError::Corrupt { .. } => {

@@ -8,8 +8,7 @@
 //! after a timeout the op keeps the buffer and the connection closes.
 
 use std::rc::Rc;
-use std::time::Duration;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
@@ -32,6 +31,9 @@ pub async fn serve(mut stream: TcpStream, core: Rc<Core>) {
     let mut buf: Vec<u8> = Vec::with_capacity(READ_BUFFER_BYTES);
     let mut out: Vec<u8> = Vec::with_capacity(READ_BUFFER_BYTES);
     let mut start = 0usize;
+    // The whole head must arrive within HEADER_TIMEOUT_MS of its first byte (not per read:
+    // a client dripping one byte at a time must not hold the connection open forever).
+    let mut head_deadline: Option<Instant> = None;
     loop {
         let step = match parse::head(&buf[start..]) {
             Ok(None) => Step::NeedMore,
@@ -78,14 +80,26 @@ pub async fn serve(mut stream: TcpStream, core: Rc<Core>) {
                         Err(()) => return,
                     }
                 }
-                let timeout_ms = if buf.is_empty() {
-                    IDLE_TIMEOUT_MS
+                let timeout = if buf.is_empty() {
+                    head_deadline = None;
+                    Duration::from_millis(IDLE_TIMEOUT_MS)
                 } else {
-                    HEADER_TIMEOUT_MS
+                    let deadline = *head_deadline.get_or_insert_with(|| {
+                        Instant::now() + Duration::from_millis(HEADER_TIMEOUT_MS)
+                    });
+                    deadline.saturating_duration_since(Instant::now())
                 };
-                match read_more(&mut stream, buf, timeout_ms).await {
+                if timeout.is_zero() {
+                    request_timeout(&mut stream, out, &core).await;
+                    return;
+                }
+                match read_more(&mut stream, buf, timeout).await {
                     Ok(b) => buf = b,
-                    Err(()) => return,
+                    Err(ReadEnd::TimedOut) if head_deadline.is_some() => {
+                        request_timeout(&mut stream, Vec::new(), &core).await;
+                        return;
+                    }
+                    Err(_) => return,
                 }
             }
             Step::Done {
@@ -94,6 +108,7 @@ pub async fn serve(mut stream: TcpStream, core: Rc<Core>) {
                 keep_alive,
             } => {
                 start = next;
+                head_deadline = None;
                 if !leftover.is_empty() {
                     buf.drain(..start);
                     start = 0;
@@ -220,16 +235,18 @@ async fn receive_body(
             send_continue(stream, head, out).await?;
             let mut body = Vec::with_capacity(length);
             body.extend_from_slice(buffered);
+            let deadline = body_deadline(Instant::now(), length);
             while body.len() < length {
-                body = read_exact_into(stream, body, length)
+                body = read_exact_into(stream, body, length, body_read_timeout(deadline)?)
                     .await
-                    .map_err(|()| BodyFailure::Gone)?;
+                    .map_err(|_| BodyFailure::Gone)?;
             }
             Ok((body, buffered.len(), Vec::new()))
         }
         Framing::Chunked => {
             let mut raw = buffered.to_vec();
             let mut continued = false;
+            let started = Instant::now();
             loop {
                 match body::decode_chunked(&raw, max) {
                     Ok(Some((body, used))) => {
@@ -239,16 +256,19 @@ async fn receive_body(
                     Ok(None) => {}
                     Err(e) => return Err(BodyFailure::Refused(e)),
                 }
-                if raw.len() > max.saturating_mul(2).saturating_add(64 * 1024) {
+                // Chunk framing adds a few bytes per chunk; more than a quarter is abuse.
+                if raw.len() > max.saturating_add(max / 4).saturating_add(64 * 1024) {
                     return Err(BodyFailure::Refused(BodyError::TooLarge { max }));
                 }
                 if !continued {
                     send_continue(stream, head, out).await?;
                     continued = true;
                 }
-                raw = read_more(stream, raw, BODY_READ_TIMEOUT_MS)
+                // The allowance grows with what has arrived, measured from the body's start.
+                let deadline = body_deadline(started, raw.len());
+                raw = read_more(stream, raw, body_read_timeout(deadline)?)
                     .await
-                    .map_err(|()| BodyFailure::Gone)?;
+                    .map_err(|_| BodyFailure::Gone)?;
             }
         }
     }
@@ -281,18 +301,25 @@ async fn flush(stream: &mut TcpStream, out: Vec<u8>) -> Result<Vec<u8>, ()> {
     Ok(out)
 }
 
-/// Appends whatever arrives (at least one byte) to `buf`. `Err`: EOF, error or timeout.
+/// Why a read produced no bytes.
+enum ReadEnd {
+    /// EOF or a socket error: the peer is gone.
+    Closed,
+    TimedOut,
+}
+
+/// Appends whatever arrives (at least one byte) to `buf`.
 async fn read_more(
     stream: &mut TcpStream,
     mut buf: Vec<u8>,
-    timeout_ms: u64,
-) -> Result<Vec<u8>, ()> {
+    timeout: Duration,
+) -> Result<Vec<u8>, ReadEnd> {
     if buf.capacity() - buf.len() < READ_BUFFER_BYTES / 2 {
         buf.reserve(READ_BUFFER_BYTES);
     }
     let len = buf.len();
     let cap = buf.capacity();
-    read_into(stream, buf, len, cap, timeout_ms).await
+    read_into(stream, buf, len, cap, timeout).await
 }
 
 /// Reads into `body` up to `length` bytes in total.
@@ -300,9 +327,10 @@ async fn read_exact_into(
     stream: &mut TcpStream,
     body: Vec<u8>,
     length: usize,
-) -> Result<Vec<u8>, ()> {
+    timeout: Duration,
+) -> Result<Vec<u8>, ReadEnd> {
     let len = body.len();
-    read_into(stream, body, len, length, BODY_READ_TIMEOUT_MS).await
+    read_into(stream, body, len, length, timeout).await
 }
 
 async fn read_into(
@@ -310,14 +338,45 @@ async fn read_into(
     buf: Vec<u8>,
     from: usize,
     to: usize,
-    timeout_ms: u64,
-) -> Result<Vec<u8>, ()> {
+    timeout: Duration,
+) -> Result<Vec<u8>, ReadEnd> {
     let slice = buf.slice_mut(from..to);
-    let read = monoio::time::timeout(Duration::from_millis(timeout_ms), stream.read(slice)).await;
-    match read {
+    match monoio::time::timeout(timeout, stream.read(slice)).await {
         Ok((Ok(n), slice)) if n > 0 => Ok(slice.into_inner()),
-        Ok((Ok(_) | Err(_), _)) | Err(_) => Err(()),
+        Ok((Ok(_) | Err(_), _)) => Err(ReadEnd::Closed),
+        Err(_) => Err(ReadEnd::TimedOut),
     }
+}
+
+/// Answers 408 to a client that did not finish its request in time, then the caller closes.
+async fn request_timeout(stream: &mut TcpStream, mut out: Vec<u8>, core: &Core) {
+    let mut reply = Reply::error(
+        408,
+        "request_timeout",
+        "the request did not arrive in time; the connection is closed",
+    );
+    reply.close = true;
+    respond::write_head(&mut out, &reply, false, |o| core.write_date(o));
+    out.extend_from_slice(&reply.body);
+    let _ = stream.write_all(out).await;
+}
+
+/// The wait for the next body read: the per-read limit, cut short by the whole-body deadline.
+fn body_read_timeout(deadline: Instant) -> Result<Duration, BodyFailure> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(BodyFailure::Gone);
+    }
+    Ok(left.min(Duration::from_millis(BODY_READ_TIMEOUT_MS)))
+}
+
+/// How long a body of `length` bytes may take in total: a floor, plus time at a slow but
+/// honest upload rate. A body trickling in slower than that is cut off.
+fn body_deadline(started: Instant, length: usize) -> Instant {
+    const FLOOR_MS: u64 = 30_000;
+    const SLOWEST_BYTES_PER_MS: u64 = 64; // 64 KB/s
+    let allowance = FLOOR_MS + (length as u64) / SLOWEST_BYTES_PER_MS;
+    started + Duration::from_millis(allowance)
 }
 
 /// Counts a connection as open for as long as it lives.

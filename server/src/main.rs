@@ -58,7 +58,8 @@ enum Command {
     },
     /// Verify the data directory (blobs, integrity, served records, redb files, config).
     ///
-    /// Exits 0 when nothing is left to fix, 1 with findings left, 2 on usage or I/O errors.
+    /// Exits 0 when no damage is left (orphan blobs and temp files from interrupted writes are
+    /// reported, not damage), 1 when damage remains, 2 on usage or I/O errors.
     /// While a server runs on the home, the check runs inside that server.
     Fsck {
         /// Data directory [default: ~/.agentregistry].

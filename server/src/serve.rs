@@ -31,8 +31,8 @@ use crate::writer::Writers;
 /// # Errors
 /// Anything that prevents serving: a bad data directory, a port in use, storage errors.
 pub fn run(config: &Config) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(config.listen)
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listener =
+        bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
     let base_url = config.base_url(&listener);
     let data = DataDir::open_or_create(&config.home, config.shards_new)?;
     let (config_file, record) = open_config_record(&data, &base_url, config)?;
@@ -88,6 +88,22 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     stdout.flush()?;
     drop(stdout);
     cores::run(config.driver, &listener, &shared, mailbox_receivers)
+}
+
+/// Listen backlog. The std default (128) overflows when a swarm opens hundreds of
+/// connections at once, and every overflowed client waits a second for a SYN retransmit.
+const LISTEN_BACKLOG: i32 = 4096;
+
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
 }
 
 /// Opens `config.bin` (created with defaults on first start: registration open when the

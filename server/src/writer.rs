@@ -202,8 +202,15 @@ fn prepare(job: WriterJob, auth: &AuthStore) -> Result<WriteOp, PublishError> {
             match publish::parse_package_put(&name, &mut body)? {
                 PackagePut::Publish(request) => Ok(WriteOp::Publish { request, user }),
                 PackagePut::Update(mut request) => {
-                    if request.rev.is_none() {
-                        request.rev = rev;
+                    match (&request.rev, rev) {
+                        (Some(body), Some(url)) if *body != url => {
+                            return Err(PublishError::RevMismatch {
+                                url,
+                                body: body.clone(),
+                            });
+                        }
+                        (None, url) => request.rev = url,
+                        _ => {}
                     }
                     for maintainer in request.maintainers.iter().flatten() {
                         // An unreadable auth store refuses the change rather than guessing.

@@ -205,7 +205,17 @@ impl BlobStore {
         debug_assert_eq!(BlobId::of(bytes), *id, "caller passed a wrong blob id");
         let path = self.path_of(id);
         if path.is_file() {
-            return Ok(());
+            // Identical bytes are stored once, but a damaged copy is replaced: the rename of a
+            // fresh durable file over it is atomic, so readers see old or new, never partial.
+            if fs::read(&path).is_ok_and(|stored| BlobId::of(&stored) == *id) {
+                return Ok(());
+            }
+            tracing::warn!(blob = %id, "replacing a damaged blob with republished bytes");
+            return write::write_durable(&self.tmp, &path, bytes).map_err(|source| BlobError::Io {
+                op: "write",
+                path: path.clone(),
+                source,
+            });
         }
         let dir = path
             .parent()

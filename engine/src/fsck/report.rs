@@ -35,6 +35,13 @@ pub enum FindingKind {
 }
 
 impl FindingKind {
+    /// False for what a crash may legitimately leave behind (a blob written before its
+    /// metadata committed, a temp file): reported, collected by `--repair`, but not damage.
+    #[must_use]
+    pub fn is_corruption(self) -> bool {
+        !matches!(self, FindingKind::OrphanBlob | FindingKind::TempFile)
+    }
+
     /// The snake-case name used in reports.
     #[must_use]
     pub fn name(self) -> &'static str {

@@ -95,6 +95,62 @@ pub enum WriteError {
     Corrupt { name: String, detail: String },
     #[error("shard {shard} stopped accepting writes after an earlier storage failure")]
     Poisoned { shard: u16 },
+    #[error(
+        "not enough free disk space in shard {shard}: {needed} bytes needed, {available} free"
+    )]
+    NoSpace {
+        shard: u16,
+        needed: u64,
+        available: u64,
+    },
+}
+
+impl WriteError {
+    fn with_shard(self, id: u16) -> WriteError {
+        match self {
+            WriteError::NoSpace {
+                needed, available, ..
+            } => WriteError::NoSpace {
+                shard: id,
+                needed,
+                available,
+            },
+            other => other,
+        }
+    }
+}
+
+/// Free space kept back for redb's copy-on-write pages and the file system itself.
+const SPACE_RESERVE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Bytes a plan may add to disk: new blobs, plus the package record and its rendered forms
+/// (full and abbreviated documents and their gzip forms, at most about 3x the record).
+fn space_needed(plan: &Plan, blobs: &BlobStore) -> u64 {
+    let new_blobs: u64 = plan
+        .blobs
+        .iter()
+        .filter(|(id, _)| !blobs.has(id))
+        .map(|(_, bytes)| bytes.len() as u64)
+        .sum();
+    new_blobs + 4 * plan.stored.encode().len() as u64
+}
+
+fn ensure_space(shard_file: &Path, blob_root: &Path, needed: u64) -> Result<(), WriteError> {
+    for path in [shard_file.parent().unwrap_or(shard_file), blob_root] {
+        // A file system that cannot report its free space is not refused on that account.
+        let Ok(stat) = rustix::fs::statvfs(path) else {
+            continue;
+        };
+        let available = stat.f_bavail.saturating_mul(stat.f_frsize);
+        if available < needed + SPACE_RESERVE_BYTES {
+            return Err(WriteError::NoSpace {
+                shard: 0,
+                needed,
+                available,
+            });
+        }
+    }
+    Ok(())
 }
 
 impl WriteError {
@@ -102,6 +158,7 @@ impl WriteError {
     #[must_use]
     pub fn is_storage_full(&self) -> bool {
         match self {
+            WriteError::NoSpace { .. } => true,
             WriteError::Blob(b) => b.is_storage_full(),
             WriteError::Storage {
                 source: redb::Error::Io(e),
@@ -354,6 +411,7 @@ impl ShardStore {
             }
         };
         let mut results = Vec::with_capacity(ops.len());
+        let mut reserved = 0u64;
         let mut touched: HashMap<String, StoredPackage> = HashMap::new();
         for op in ops {
             let name = op.package().as_str().to_owned();
@@ -374,6 +432,16 @@ impl ShardStore {
                     continue;
                 }
             };
+            if plan.changed {
+                // Refuse while nothing is written yet: a commit that runs out of space would
+                // poison the shard, a refusal here leaves everything as it was.
+                let needed = space_needed(&plan, blobs);
+                if let Err(e) = ensure_space(&self.path, blobs.root(), needed + reserved) {
+                    results.push(Err(e.with_shard(shard)));
+                    continue;
+                }
+                reserved += needed;
+            }
             if let Err(e) = plan
                 .blobs
                 .iter()
