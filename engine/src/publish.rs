@@ -737,3 +737,56 @@ pub(crate) fn wrong_type(field: &str, detail: &'static str) -> PublishError {
 pub(crate) fn truncate(s: &str) -> String {
     s.chars().take(120).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn valid_body(tarball: &[u8]) -> Vec<u8> {
+        let checksums = integrity::compute(tarball);
+        serde_json::to_vec(&serde_json::json!({
+            "_id": "a", "name": "a", "dist-tags": {"latest": "1.0.0"},
+            "versions": {"1.0.0": {"name": "a", "version": "1.0.0",
+                "dist": {"integrity": checksums.integrity, "shasum": checksums.shasum}}},
+            "_attachments": {"a-1.0.0.tgz": {"content_type": "application/octet-stream",
+                "data": base64_simd::STANDARD.encode_to_string(tarball),
+                "length": tarball.len()}}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn valid_body_parses_and_blob_matches() {
+        let name = PackageName::parse("a").unwrap();
+        let mut body = valid_body(b"tarball");
+        let request = parse_publish(&name, &mut body).unwrap();
+        assert_eq!(request.versions.len(), 1);
+        assert_eq!(request.versions[0].blob, BlobId::of(b"tarball"));
+    }
+
+    proptest! {
+        /// The fuzz target `publish_body` drives the same function with libFuzzer; this keeps
+        /// arbitrary bytes, and damaged copies of a valid body, in the default test run.
+        #[test]
+        fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let name = PackageName::parse("a").unwrap();
+            let mut bytes = bytes;
+            let _ = parse_package_put(&name, &mut bytes);
+        }
+
+        #[test]
+        fn damaged_valid_bodies_never_panic(cut in 0usize..400, flip in 0usize..400, bit in 0u8..8) {
+            let name = PackageName::parse("a").unwrap();
+            let mut body = valid_body(b"tarball bytes");
+            let flip = flip % body.len();
+            body[flip] ^= 1 << bit;
+            body.truncate(cut.min(body.len()).max(1));
+            if let Ok(request) = parse_publish(&name, &mut body) {
+                for version in &request.versions {
+                    prop_assert_eq!(version.blob, BlobId::of(&version.tarball));
+                }
+            }
+        }
+    }
+}

@@ -283,6 +283,20 @@ mod tests {
     use crate::packument::TarballRef;
     use serde_json::{json, Value};
 
+    proptest::proptest! {
+        /// The fuzz target `served_record` drives the same function with libFuzzer.
+        #[test]
+        fn decode_never_panics_and_stays_in_bounds(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)
+        ) {
+            let buf = Bytes::from(bytes);
+            if let Ok(served) = decode_served(buf.clone()) {
+                proptest::prop_assert!(served.full.identity.len() <= buf.len());
+                proptest::prop_assert!(served.abbreviated.identity.len() <= buf.len());
+            }
+        }
+    }
+
     #[test]
     fn round_trip_and_truncation_detected() {
         let Value::Object(doc) = json!({"name": "a", "versions": {}, "readme": "x".repeat(5000)})

@@ -1,0 +1,57 @@
+//! Packument layer (runs on every write): render a 300-version package to its full and
+//! abbreviated documents, and encode the served record (render + two gzips + etags); and the
+//! read side, decoding that served record.
+//!
+//! `StoredPackage::render` produces both documents in one call, so the full and abbreviated
+//! renders are measured together (`render_both_300v`). The package is express 5.3.0's real
+//! manifest published as 300 versions through `parse_publish` + `plan_publish`.
+
+use std::hint::black_box;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use engine::served::{decode_served, encode_served};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const BASE_URL: &str = "http://127.0.0.1:4873";
+
+fn bench_packument(c: &mut Criterion) {
+    let express = benches::load_tarball("express", "5.3.0");
+    let stored = benches::stored_package(&express, &benches::versions(300));
+    let rendered = stored.render(BASE_URL);
+    let record = Bytes::from(encode_served(&stored, BASE_URL));
+    eprintln!(
+        "packument 300v: full {} B, abbreviated {} B, served record {} B",
+        rendered.full.len(),
+        rendered.abbreviated.len(),
+        record.len()
+    );
+    let output = (rendered.full.len() + rendered.abbreviated.len()) as u64;
+
+    let mut group = c.benchmark_group("packument");
+    group.throughput(Throughput::Bytes(output));
+    group.bench_function("render_both_300v", |b| {
+        b.iter(|| black_box(&stored).render(BASE_URL));
+    });
+    group.sample_size(20);
+    group.bench_function("encode_served_300v", |b| {
+        b.iter(|| encode_served(black_box(&stored), BASE_URL));
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("served");
+    group.throughput(Throughput::Bytes(record.len() as u64));
+    group.bench_function("decode", |b| {
+        b.iter(|| decode_served(black_box(&record).clone()).expect("record decodes"));
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = benches::config();
+    targets = bench_packument
+}
+criterion_main!(benches);
