@@ -15,4 +15,18 @@ timeout 900 bash scripts/install-tools.sh
 
 echo "== cargo test --workspace =="
 # Two test threads: the machine has two cores, and the end-to-end tests run real clients.
-cargo test --workspace --locked -- --test-threads=2
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --locked -- --test-threads=2 2>&1 | tee "$log" || status=$?
+
+# cargo prints one "test result:" line per test binary (the last is usually the doc-tests'
+# "0 passed"); close with the totals so the whole run is summarized in one line.
+awk '/^test result:/ {
+       for (i = 1; i <= NF; i++) {
+         if ($(i + 1) ~ /^passed;?$/) passed += $i
+         if ($(i + 1) ~ /^failed;?$/) failed += $i
+       }
+     }
+     END { printf "%d passed, %d failed\n", passed, failed }' "$log"
+exit "$status"
