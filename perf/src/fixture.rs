@@ -75,7 +75,11 @@ impl Fixture {
             targets::ensure_verdaccio(&tools)?;
         }
 
-        let ar = targets::start_agentregistry(&bin, opts.agentregistry_cores, opts.server_cpus.as_deref())?;
+        let ar = targets::start_agentregistry(
+            &bin,
+            opts.agentregistry_cores,
+            opts.server_cpus.as_deref(),
+        )?;
         eprintln!("agentregistry at {} (pid {})", ar.target.base, ar.pid);
         let token = load::login(&ar.target, USER, PASSWORD)?;
         let report = load::load_real(&ar.target, &token, &entries, opts.load_threads)

@@ -98,7 +98,9 @@ pub(crate) fn online_cpus() -> f64 {
     std::fs::read_to_string("/proc/stat")
         .map(|t| {
             t.lines()
-                .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+                .filter(|l| {
+                    l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit)
+                })
                 .count()
         })
         .unwrap_or(1)
