@@ -17,3 +17,6 @@ pub const ERROR_INPUT_CHARS_MAX: usize = 100;
 /// Largest major, minor or patch number a version may have: JavaScript's
 /// `Number.MAX_SAFE_INTEGER`, the largest node-semver (and so every npm client) accepts.
 pub const VERSION_COMPONENT_MAX: u64 = (1 << 53) - 1;
+
+/// Most threads one group commit uses to make its blobs durable in parallel.
+pub const BLOB_WRITE_THREADS_MAX: usize = 16;

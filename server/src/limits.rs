@@ -24,6 +24,13 @@ pub const IDLE_TIMEOUT_MS: u64 = 60_000;
 pub const BODY_READ_TIMEOUT_MS: u64 = 30_000;
 /// Pending ops per shard writer before senders wait (bounded channel).
 pub const WRITER_QUEUE_DEPTH: usize = 1024;
+/// Threads that parse publish bodies and make their tarballs durable before the writer
+/// commits them. Each works on a batch and syncs its blobs from up to
+/// `engine::limits::BLOB_WRITE_THREADS_MAX` threads; a few batches in flight keep the CPUs
+/// parsing while the disk syncs.
+pub const PUBLISH_PREPARE_THREADS: usize = 4;
+/// Bodies one prepare thread takes at most into a batch.
+pub const PREPARE_BATCH_MAX: usize = 16;
 /// Ops one group commit takes at most.
 pub const WRITER_BATCH_MAX: usize = 256;
 /// Per-core packument cache budget.

@@ -2,21 +2,31 @@
 //! Cores hand writes over a bounded channel and await a oneshot reply, so fsyncs and the CPU
 //! cost of a publish (base64, sha512, rendering, gzip) never block a core's event loop.
 //!
-//! Group commit: a writer blocks for the first job, then takes every job already queued (up to
-//! `WRITER_BATCH_MAX`) and applies them in one transaction: one fsync for the whole batch.
+//! A raw `PUT` body first goes to the prepare pool (`PUBLISH_PREPARE_THREADS` threads), which
+//! parses and verifies it (JSON, base64, sha512/sha1, blake3), checks a publish against the
+//! committed state and makes its tarball durable, then forwards the op to the shard's writer.
+//! That work (CPU, and fsyncs that mostly wait on the disk) thus runs for many publishes at
+//! once and overlaps the writers' commits instead of lengthening them.
+//!
+//! Group commit: a writer blocks for the first op, then takes every op already queued (up to
+//! `WRITER_BATCH_MAX`) and applies them in one transaction: one fsync for the whole batch
+//! (plus the batch's blob syncs, issued in parallel; see `ShardStore::apply_batch`).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime};
 
 use engine::auth::AuthStore;
-use engine::blob::BlobStore;
+use engine::blob::{BlobError, BlobId, BlobStore};
 use engine::names::PackageName;
 use engine::publish::{self, PackagePut, PublishError};
 use engine::shard::{ShardId, ShardStore, WriteError, WriteOp, WriteOutcome};
 use futures_channel::oneshot;
 
-use crate::limits::{WRITER_BATCH_MAX, WRITER_QUEUE_DEPTH};
+use crate::limits::{
+    PREPARE_BATCH_MAX, PUBLISH_PREPARE_THREADS, WRITER_BATCH_MAX, WRITER_QUEUE_DEPTH,
+};
 use crate::metrics::{Mailbox, SnapshotRequest, WriterMetrics};
 
 /// Work for a shard writer.
@@ -39,8 +49,18 @@ type Reply = oneshot::Sender<Result<WriteOutcome, WriteError>>;
 /// Senders to every shard writer, indexed by shard.
 #[derive(Clone)]
 pub struct Writers {
-    senders: Vec<flume::Sender<(WriterJob, Reply)>>,
+    senders: Vec<flume::Sender<(WriteOp, Reply)>>,
+    parse: flume::Sender<ParseJob>,
     mailboxes: Vec<Mailbox<WriterMetrics>>,
+    /// Bodies the parse pool refused (counted with the writers' refusals in metrics).
+    parse_refused: Arc<AtomicU64>,
+}
+
+/// A raw body for the parse pool, and where its op goes next.
+struct ParseJob {
+    shard: ShardId,
+    job: WriterJob,
+    reply: Reply,
 }
 
 /// Why a write could not even be attempted.
@@ -66,15 +86,37 @@ impl Writers {
             let (mailbox_tx, mailbox_rx) = flume::bounded(4);
             let shard = Arc::clone(shard);
             let blobs = Arc::clone(blobs);
-            let auth = Arc::clone(auth);
             let thread = std::thread::Builder::new()
                 .name(format!("shard-writer-{}", shard.id().0))
-                .spawn(move || run(&shard, &blobs, &auth, &rx, &mailbox_rx))?;
+                .spawn(move || run(&shard, &blobs, &rx, &mailbox_rx))?;
             senders.push(tx);
             mailboxes.push(mailbox_tx);
             threads.push(thread);
         }
-        Ok((Writers { senders, mailboxes }, threads))
+        let (parse, parse_rx) = flume::bounded::<ParseJob>(WRITER_QUEUE_DEPTH);
+        let parse_refused = Arc::new(AtomicU64::new(0));
+        for i in 0..PUBLISH_PREPARE_THREADS {
+            let pool = PreparePool {
+                rx: parse_rx.clone(),
+                writers: senders.clone(),
+                shards: shards.to_vec(),
+                blobs: Arc::clone(blobs),
+                auth: Arc::clone(auth),
+                refused: Arc::clone(&parse_refused),
+            };
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("publish-prepare-{i}"))
+                    .spawn(move || pool.run())?,
+            );
+        }
+        let writers = Writers {
+            senders,
+            parse,
+            mailboxes,
+            parse_refused,
+        };
+        Ok((writers, threads))
     }
 
     /// Every writer's metrics (writers answer between group commits).
@@ -87,6 +129,9 @@ impl Writers {
                     out.push(snapshot);
                 }
             }
+        }
+        if let Some(first) = out.first_mut() {
+            first.refused += self.parse_refused.load(Ordering::Relaxed);
         }
         out
     }
@@ -101,16 +146,139 @@ impl Writers {
         job: WriterJob,
     ) -> Result<Result<WriteOutcome, WriteError>, WriterGone> {
         let (tx, rx) = oneshot::channel();
-        self.senders[usize::from(shard.0)]
-            .send_async((job, tx))
-            .await
-            .map_err(|_| WriterGone)?;
+        match job {
+            WriterJob::Op(op) => self.senders[usize::from(shard.0)]
+                .send_async((op, tx))
+                .await
+                .map_err(|_| WriterGone)?,
+            put @ WriterJob::Put { .. } => self
+                .parse
+                .send_async(ParseJob {
+                    shard,
+                    job: put,
+                    reply: tx,
+                })
+                .await
+                .map_err(|_| WriterGone)?,
+        }
         rx.await.map_err(|_| WriterGone)
     }
 }
 
+/// What a prepare-pool thread holds.
+struct PreparePool {
+    rx: flume::Receiver<ParseJob>,
+    writers: Vec<flume::Sender<(WriteOp, Reply)>>,
+    shards: Vec<Arc<ShardStore>>,
+    blobs: Arc<BlobStore>,
+    auth: Arc<AuthStore>,
+    refused: Arc<AtomicU64>,
+}
+
+/// A parsed op on its way to a writer.
+struct Prepared {
+    shard: ShardId,
+    op: WriteOp,
+    reply: Reply,
+    /// Blobs (new tarballs) that must be durable before the op goes to the writer.
+    blobs: Vec<BlobId>,
+}
+
+impl PreparePool {
+    /// Prepares batches until every sender is gone: a thread blocks for one body, then takes
+    /// every body already queued (up to `PREPARE_BATCH_MAX`). Each is parsed and verified,
+    /// and a publish is checked against the committed state; then the batch's new tarballs
+    /// are made durable together (`BlobStore::write_all`: a few shared journal commits for the
+    /// whole batch), and only then are the ops handed to their writers. The writers are left
+    /// with planning and one commit per group.
+    fn run(self) {
+        while let Ok(first) = self.rx.recv() {
+            let mut batch = vec![first];
+            while batch.len() < PREPARE_BATCH_MAX {
+                match self.rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            let mut ready = Vec::with_capacity(batch.len());
+            let mut reserved = 0u64;
+            for ParseJob { shard, job, reply } in batch {
+                match self.check(shard, job, &mut reserved) {
+                    Ok((op, blobs)) => ready.push(Prepared {
+                        shard,
+                        op,
+                        reply,
+                        blobs,
+                    }),
+                    Err(e) => self.refuse(reply, e),
+                }
+            }
+            self.store_blobs_then_forward(ready);
+        }
+    }
+
+    /// Parses one body; for a publish, also the writer's refusals and the space its tarballs
+    /// need (counted into `reserved` for the batch).
+    fn check(
+        &self,
+        shard: ShardId,
+        job: WriterJob,
+        reserved: &mut u64,
+    ) -> Result<(WriteOp, Vec<BlobId>), WriteError> {
+        match prepare(job, &self.auth)? {
+            WriteOp::Publish { request, user } => {
+                let store = &self.shards[usize::from(shard.0)];
+                let (blobs, needed) = store.check_publish(&request, &user, &self.blobs)?;
+                store.ensure_space(&self.blobs, *reserved + needed)?;
+                *reserved += needed;
+                Ok((WriteOp::PublishPrepared { request, user }, blobs))
+            }
+            other => Ok((other, Vec::new())),
+        }
+    }
+
+    fn store_blobs_then_forward(&self, ready: Vec<Prepared>) {
+        let mut items: Vec<(BlobId, &[u8])> = Vec::new();
+        for prepared in &ready {
+            let WriteOp::PublishPrepared { request, .. } = &prepared.op else {
+                continue;
+            };
+            for version in &request.versions {
+                if prepared.blobs.contains(&version.blob)
+                    && !items.iter().any(|(id, _)| *id == version.blob)
+                {
+                    items.push((version.blob, version.tarball.as_slice()));
+                }
+            }
+        }
+        let results = self.blobs.write_all(&items);
+        let failed: Vec<(BlobId, BlobError)> = items
+            .iter()
+            .zip(results)
+            .filter_map(|((id, _), result)| result.err().map(|e| (*id, e)))
+            .collect();
+        for prepared in ready {
+            let failure = prepared
+                .blobs
+                .iter()
+                .find_map(|id| failed.iter().find(|(f, _)| f == id));
+            if let Some((_, e)) = failure {
+                self.refuse(prepared.reply, WriteError::Blob(e.duplicate()));
+                continue;
+            }
+            // A stopped writer drops the reply, which the waiting core reports.
+            let _ = self.writers[usize::from(prepared.shard.0)].send((prepared.op, prepared.reply));
+        }
+    }
+
+    fn refuse(&self, reply: Reply, e: WriteError) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        let _ = reply.send(Err(e));
+    }
+}
+
 enum Event {
-    Job((WriterJob, Reply)),
+    Job((WriteOp, Reply)),
     Metrics(SnapshotRequest<WriterMetrics>),
     Closed,
 }
@@ -118,8 +286,7 @@ enum Event {
 fn run(
     shard: &ShardStore,
     blobs: &BlobStore,
-    auth: &AuthStore,
-    rx: &flume::Receiver<(WriterJob, Reply)>,
+    rx: &flume::Receiver<(WriteOp, Reply)>,
     mailbox: &flume::Receiver<SnapshotRequest<WriterMetrics>>,
 ) {
     let mut metrics = WriterMetrics::default();
@@ -138,40 +305,27 @@ fn run(
             }
             Event::Closed => return,
         };
-        apply_group(shard, blobs, auth, rx, first, &mut metrics);
+        apply_group(shard, blobs, rx, first, &mut metrics);
     }
 }
 
-/// One group commit: `first` plus every job already queued, up to `WRITER_BATCH_MAX`.
+/// One group commit: `first` plus every op already queued, up to `WRITER_BATCH_MAX`.
 fn apply_group(
     shard: &ShardStore,
     blobs: &BlobStore,
-    auth: &AuthStore,
-    rx: &flume::Receiver<(WriterJob, Reply)>,
-    first: (WriterJob, Reply),
+    rx: &flume::Receiver<(WriteOp, Reply)>,
+    first: (WriteOp, Reply),
     metrics: &mut WriterMetrics,
 ) {
     let started = Instant::now();
-    let mut ops = Vec::new();
-    let mut replies = Vec::new();
-    let mut next = Some(first);
-    while let Some((job, reply)) = next.take() {
-        match prepare(job, auth) {
-            Ok(op) => {
-                ops.push(op);
-                replies.push(reply);
-            }
-            Err(e) => {
-                metrics.refused += 1;
-                let _ = reply.send(Err(WriteError::Refused(e)));
-            }
-        }
-        if ops.len() < WRITER_BATCH_MAX {
-            next = rx.try_recv().ok();
-        }
-    }
-    if ops.is_empty() {
-        return;
+    let mut ops = vec![first.0];
+    let mut replies = vec![first.1];
+    while ops.len() < WRITER_BATCH_MAX {
+        let Ok((op, reply)) = rx.try_recv() else {
+            break;
+        };
+        ops.push(op);
+        replies.push(reply);
     }
     metrics.ops += ops.len() as u64;
     let results = shard.apply_batch(ops, blobs, SystemTime::now());

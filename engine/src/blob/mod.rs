@@ -36,6 +36,24 @@ pub enum BlobError {
 }
 
 impl BlobError {
+    /// An equivalent error (same message and storage-full classification), for reporting one
+    /// failure to every request that depended on it.
+    #[must_use]
+    pub fn duplicate(&self) -> BlobError {
+        match self {
+            BlobError::NotFound { id } => BlobError::NotFound { id: *id },
+            BlobError::Corrupt { id, detail } => BlobError::Corrupt {
+                id: *id,
+                detail: detail.clone(),
+            },
+            BlobError::Io { op, path, source } => BlobError::Io {
+                op,
+                path: path.clone(),
+                source: io::Error::new(source.kind(), source.to_string()),
+            },
+        }
+    }
+
     /// True when the underlying cause is a full disk (or quota).
     #[must_use]
     pub fn is_storage_full(&self) -> bool {
@@ -237,6 +255,52 @@ impl BlobStore {
         Ok(())
     }
 
+    /// Stores every `(id, bytes)` like `write` and returns one result per item, in order,
+    /// with one round of concurrent syncs for the whole batch instead of two sequential
+    /// fsyncs per blob (`write::write_batch_durable`). A blob already present is verified
+    /// (replaced when damaged) and synced too, since a concurrent batch may have renamed it
+    /// into place and not finished syncing it.
+    /// Blocks: until every blob is durable or failed.
+    pub fn write_all(&self, items: &[(BlobId, &[u8])]) -> Vec<Result<(), BlobError>> {
+        let batch: Vec<write::BatchItem<'_>> = items
+            .iter()
+            .map(|(id, bytes)| {
+                debug_assert_eq!(BlobId::of(bytes), *id, "caller passed a wrong blob id");
+                let path = self.path_of(id);
+                let intact = fs::read(&path).is_ok_and(|stored| BlobId::of(&stored) == *id);
+                if !intact && path.is_file() {
+                    tracing::warn!(blob = %id, "replacing a damaged blob with republished bytes");
+                }
+                write::BatchItem {
+                    path,
+                    bytes: (!intact).then_some(*bytes),
+                }
+            })
+            .collect();
+        let written = write::write_batch_durable(&self.tmp, &batch);
+        written
+            .into_iter()
+            .zip(batch)
+            .zip(items)
+            .map(|((result, item), (_, bytes))| match result {
+                Ok(()) => {
+                    if item.bytes.is_some() {
+                        self.stats.count.fetch_add(1, Ordering::Relaxed);
+                        self.stats
+                            .bytes
+                            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    }
+                    Ok(())
+                }
+                Err((op, source)) => Err(BlobError::Io {
+                    op,
+                    path: item.path,
+                    source,
+                }),
+            })
+            .collect()
+    }
+
     /// Reads blob `id` and verifies that its bytes hash to `id`.
     ///
     /// # Errors
@@ -332,6 +396,36 @@ mod tests {
             store.read(&missing),
             Err(BlobError::NotFound { .. })
         ));
+    }
+
+    #[test]
+    fn write_all_stores_new_present_and_damaged_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let blobs: Vec<Vec<u8>> = (0..40u32)
+            .map(|i| format!("tarball {i}").repeat(50).into_bytes())
+            .collect();
+        let ids: Vec<BlobId> = blobs.iter().map(|b| BlobId::of(b)).collect();
+        store.write(&ids[0], &blobs[0]).unwrap();
+        store.write(&ids[1], &blobs[1]).unwrap();
+        fs::write(store.path_of(&ids[1]), b"damaged").unwrap();
+        let items: Vec<(BlobId, &[u8])> = ids
+            .iter()
+            .zip(&blobs)
+            .map(|(id, b)| (*id, b.as_slice()))
+            .collect();
+        let results = store.write_all(&items);
+        assert_eq!(results.len(), blobs.len());
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        for (id, bytes) in ids.iter().zip(&blobs) {
+            assert_eq!(&store.read(id).unwrap(), bytes);
+        }
+        let mut listed = store.list().unwrap();
+        let mut expected = ids.clone();
+        listed.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(listed, expected);
+        assert_eq!(fs::read_dir(&store.tmp).unwrap().count(), 0);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 
 use super::tables::{META, META_BASE_URL, PACKAGES, REVS, SERVED};
 use super::ShardId;
-use crate::blob::{BlobError, BlobStore};
+use crate::blob::{BlobError, BlobId, BlobStore};
 use crate::names::{DistTag, PackageName, Version};
 use crate::packument::StoredPackage;
 use crate::publish::{self, Plan, PublishError, PublishRequest};
@@ -30,6 +30,11 @@ const CACHE_BYTES: usize = 64 * 1024 * 1024;
 #[derive(Debug)]
 pub enum WriteOp {
     Publish {
+        request: PublishRequest,
+        user: String,
+    },
+    /// A publish whose blobs `ShardStore::prepare_publish` already made durable.
+    PublishPrepared {
         request: PublishRequest,
         user: String,
     },
@@ -62,7 +67,9 @@ impl WriteOp {
     #[must_use]
     pub fn package(&self) -> &PackageName {
         match self {
-            WriteOp::Publish { request, .. } => &request.name,
+            WriteOp::Publish { request, .. } | WriteOp::PublishPrepared { request, .. } => {
+                &request.name
+            }
             WriteOp::Update { request, .. } => &request.name,
             WriteOp::DistTagSet { name, .. }
             | WriteOp::DistTagRemove { name, .. }
@@ -125,11 +132,11 @@ const SPACE_RESERVE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Bytes a plan may add to disk: new blobs, plus the package record and its rendered forms
 /// (full and abbreviated documents and their gzip forms, at most about 3x the record).
-fn space_needed(plan: &Plan, blobs: &BlobStore) -> u64 {
+fn space_needed(plan: &Plan, pending: &HashMap<BlobId, Vec<u8>>, blobs: &BlobStore) -> u64 {
     let new_blobs: u64 = plan
         .blobs
         .iter()
-        .filter(|(id, _)| !blobs.has(id))
+        .filter(|(id, _)| !pending.contains_key(id) && !blobs.has(id))
         .map(|(_, bytes)| bytes.len() as u64)
         .sum();
     new_blobs + 4 * plan.stored.encode().len() as u64
@@ -353,6 +360,81 @@ impl ShardStore {
             })
     }
 
+    /// The first half of a publish's work off the writer thread: refuses what the writer
+    /// would certainly refuse given the committed state (so a refused publish writes nothing)
+    /// and returns the blobs the request needs stored (its new versions' tarballs, deduplicated)
+    /// with the bytes they may add to disk. The caller makes them durable (`BlobStore::
+    /// write_all`, many requests at once) and then hands the writer `WriteOp::PublishPrepared`.
+    /// A publish that passes here can still lose a race to another one in the writer; its
+    /// blob is then an orphan, which fsck reports and may remove (never corruption).
+    /// Blocks: a read transaction.
+    ///
+    /// # Errors
+    /// `Refused` (maintainer, immutable or reused version), or a read error.
+    pub fn check_publish(
+        &self,
+        request: &PublishRequest,
+        user: &str,
+        blobs: &BlobStore,
+    ) -> Result<(Vec<BlobId>, u64), WriteError> {
+        let name = request.name.as_str();
+        let current = self.read_stored(name).map_err(|e| match e {
+            ReadError::Storage { shard, source } => WriteError::Storage { shard, source },
+            ReadError::Corrupt { name, detail } => WriteError::Corrupt { name, detail },
+        })?;
+        if let Some(stored) = &current {
+            publish::check_maintainer(stored, name, user)?;
+        }
+        let mut fresh: Vec<BlobId> = Vec::new();
+        let mut needed = 0u64;
+        for new in &request.versions {
+            let version = new.version.as_str();
+            if let Some(stored) = &current {
+                let published = stored.versions().is_some_and(|v| v.contains_key(version));
+                if published {
+                    let same = stored
+                        .tarballs
+                        .get(version)
+                        .is_some_and(|t| t.blob == new.blob.to_hex());
+                    if same {
+                        continue;
+                    }
+                    return Err(WriteError::Refused(PublishError::VersionExists {
+                        name: name.to_owned(),
+                        version: version.to_owned(),
+                    }));
+                }
+                let reused = stored
+                    .doc
+                    .get("time")
+                    .and_then(serde_json::Value::as_object)
+                    .is_some_and(|time| time.contains_key(version));
+                if reused {
+                    return Err(WriteError::Refused(PublishError::VersionReused {
+                        name: name.to_owned(),
+                        version: version.to_owned(),
+                    }));
+                }
+            }
+            if !fresh.contains(&new.blob) {
+                fresh.push(new.blob);
+                if !blobs.has(&new.blob) {
+                    needed += new.tarball.len() as u64;
+                }
+            }
+        }
+        Ok((fresh, needed))
+    }
+
+    /// Refuses (`NoSpace`) when the shard's or the blob store's file system lacks `needed`
+    /// bytes beyond the reserve. Checked before anything is written.
+    ///
+    /// # Errors
+    /// `NoSpace`.
+    pub fn ensure_space(&self, blobs: &BlobStore, needed: u64) -> Result<(), WriteError> {
+        ensure_space(&self.path, blobs.root(), needed).map_err(|e| e.with_shard(self.id.0))
+    }
+
     /// Number of live packages (for metrics).
     ///
     /// # Errors
@@ -411,6 +493,9 @@ impl ShardStore {
             }
         };
         let mut results = Vec::with_capacity(ops.len());
+        // For each op that planned: its package and the blobs it needs.
+        let mut needs: Vec<Option<(String, bool, Vec<BlobId>)>> = Vec::with_capacity(ops.len());
+        let mut pending: HashMap<BlobId, Vec<u8>> = HashMap::new();
         let mut reserved = 0u64;
         let mut touched: HashMap<String, StoredPackage> = HashMap::new();
         for op in ops {
@@ -421,35 +506,35 @@ impl ShardStore {
                     Ok(current) => current,
                     Err(e) => {
                         results.push(Err(e));
+                        needs.push(None);
                         continue;
                     }
                 },
             };
-            let (plan, outcome) = match plan_op(current, op, now) {
+            let (mut plan, outcome) = match plan_op(current, op, now) {
                 Ok(planned) => planned,
                 Err(e) => {
                     results.push(Err(WriteError::Refused(e)));
+                    needs.push(None);
                     continue;
                 }
             };
             if plan.changed {
                 // Refuse while nothing is written yet: a commit that runs out of space would
                 // poison the shard, a refusal here leaves everything as it was.
-                let needed = space_needed(&plan, blobs);
+                let needed = space_needed(&plan, &pending, blobs);
                 if let Err(e) = ensure_space(&self.path, blobs.root(), needed + reserved) {
                     results.push(Err(e.with_shard(shard)));
+                    needs.push(None);
                     continue;
                 }
                 reserved += needed;
             }
-            if let Err(e) = plan
-                .blobs
-                .iter()
-                .try_for_each(|(id, bytes)| blobs.write(id, bytes))
-            {
-                results.push(Err(WriteError::Blob(e)));
-                continue;
+            let ids = plan.blobs.iter().map(|(id, _)| *id).collect();
+            for (id, bytes) in plan.blobs.drain(..) {
+                pending.entry(id).or_insert(bytes);
             }
+            needs.push(Some((name.clone(), plan.changed, ids)));
             let outcome = match outcome {
                 PlannedOutcome::Published => WriteOutcome::Published {
                     rev: plan.stored.rev,
@@ -465,10 +550,62 @@ impl ShardStore {
             }
             results.push(Ok(outcome));
         }
-        if touched.is_empty() {
+        // Blobs become durable (in parallel, waiting on the disk) while this thread encodes the
+        // records that will name them (CPU); the metadata commits only after both.
+        let items: Vec<(BlobId, &[u8])> = pending
+            .iter()
+            .map(|(id, bytes)| (*id, bytes.as_slice()))
+            .collect();
+        let (blob_results, mut encoded) = std::thread::scope(|scope| {
+            let writing = scope.spawn(|| blobs.write_all(&items));
+            let encoded = encode_touched(&touched, &self.base_url);
+            let blob_results = writing.join().unwrap_or_else(|_| {
+                items
+                    .iter()
+                    .map(|(id, _)| {
+                        Err(BlobError::Io {
+                            op: "write",
+                            path: blobs.path_of(id),
+                            source: std::io::Error::other("blob writer thread panicked"),
+                        })
+                    })
+                    .collect()
+            });
+            (blob_results, encoded)
+        });
+        let failed: HashMap<BlobId, BlobError> = items
+            .iter()
+            .zip(blob_results)
+            .filter_map(|((id, _), result)| result.err().map(|e| (*id, e)))
+            .collect();
+        if !failed.is_empty() {
+            // An op whose blob is not durable fails. Later ops in the batch on the same
+            // package were planned on top of it, so the whole package's changes are dropped.
+            let mut failed_packages: HashMap<String, BlobError> = HashMap::new();
+            for need in needs.iter().flatten() {
+                let (name, changed, ids) = need;
+                if let Some(e) = ids.iter().find_map(|id| failed.get(id)) {
+                    if *changed {
+                        failed_packages.entry(name.clone()).or_insert(e.duplicate());
+                    }
+                }
+            }
+            for (result, need) in results.iter_mut().zip(&needs) {
+                let Some((name, _, ids)) = need else { continue };
+                let cause = ids
+                    .iter()
+                    .find_map(|id| failed.get(id))
+                    .or_else(|| failed_packages.get(name));
+                if let (Ok(_), Some(e)) = (&*result, cause) {
+                    *result = Err(WriteError::Blob(e.duplicate()));
+                }
+            }
+            encoded.retain(|record| !failed_packages.contains_key(&record.name));
+        }
+        if encoded.is_empty() {
             return results;
         }
-        let written = write_touched(&txn, &touched, &self.base_url).map_err(storage);
+        let written = write_encoded(&txn, &encoded).map_err(storage);
         let committed = written.and_then(|()| txn.commit().map_err(|e| storage(e.into())));
         match committed {
             Ok(()) => {
@@ -511,6 +648,12 @@ fn plan_op(
             publish::plan_publish(current, request, &user, now)?,
             PlannedOutcome::Published,
         )),
+        WriteOp::PublishPrepared { request, user } => {
+            let mut plan = publish::plan_publish(current, request, &user, now)?;
+            // Durable already: the commit needs no blob work for them.
+            plan.blobs.clear();
+            Ok((plan, PlannedOutcome::Published))
+        }
         WriteOp::DistTagSet {
             name,
             tag,
@@ -555,23 +698,45 @@ fn read_in_txn(
     }
 }
 
-fn write_touched(
+/// One touched package's records, encoded for the commit.
+struct EncodedPackage {
+    name: String,
+    record: Vec<u8>,
+    /// The served record, or None for a tombstone (every version unpublished).
+    served: Option<(Vec<u8>, u64)>,
+}
+
+fn encode_touched(touched: &HashMap<String, StoredPackage>, base_url: &str) -> Vec<EncodedPackage> {
+    touched
+        .iter()
+        .map(|(name, stored)| EncodedPackage {
+            name: name.clone(),
+            record: stored.encode(),
+            served: stored
+                .versions()
+                .is_some_and(|v| !v.is_empty())
+                .then(|| (encode_served(stored, base_url), stored.rev)),
+        })
+        .collect()
+}
+
+fn write_encoded(
     txn: &redb::WriteTransaction,
-    touched: &HashMap<String, StoredPackage>,
-    base_url: &str,
+    encoded: &[EncodedPackage],
 ) -> Result<(), redb::Error> {
     let mut packages = txn.open_table(PACKAGES)?;
     let mut served = txn.open_table(SERVED)?;
     let mut revs = txn.open_table(REVS)?;
-    for (name, stored) in touched {
-        packages.insert(name.as_str(), stored.encode().as_slice())?;
-        if stored.versions().is_some_and(|v| !v.is_empty()) {
-            served.insert(name.as_str(), encode_served(stored, base_url).as_slice())?;
-            revs.insert(name.as_str(), stored.rev)?;
+    for package in encoded {
+        let name = package.name.as_str();
+        packages.insert(name, package.record.as_slice())?;
+        if let Some((record, rev)) = &package.served {
+            served.insert(name, record.as_slice())?;
+            revs.insert(name, *rev)?;
         } else {
-            // A tombstone (every version unpublished): reads answer 404, history stays.
-            served.remove(name.as_str())?;
-            revs.remove(name.as_str())?;
+            // A tombstone: reads answer 404, history stays.
+            served.remove(name)?;
+            revs.remove(name)?;
         }
     }
     Ok(())
