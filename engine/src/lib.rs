@@ -4,8 +4,9 @@
 //! writer, a content-addressed blob store (`blob`) for tarballs, an auth database (`auth`) and
 //! the config record (`config_record`). A package lives in shard `xxh3(name) % N`.
 //!
-//! Write path: the server parses a publish (`publish::parse_publish`: pure, on any core), sends
-//! it to the shard's writer, which calls `ShardStore::apply_batch`: plan each op
+//! Write path: the server parses a publish (`publish::parse_publish`: pure, on any core; each
+//! tarball is read, never unpacked, by `tarball::inspect`), sends it to the shard's writer,
+//! which calls `ShardStore::apply_batch`: plan each op
 //! (`publish::plan_*`, pure), write blobs durably, store the package and its pre-rendered
 //! served record (`served`), commit once for the batch.
 //! Read path: `ShardStore::read_served` returns pre-rendered documents; nothing is parsed or
@@ -25,4 +26,5 @@ pub mod packument;
 pub mod publish;
 pub mod served;
 pub mod shard;
+pub mod tarball;
 pub mod update;

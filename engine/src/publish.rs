@@ -2,6 +2,12 @@
 //! package. Both steps are pure: `parse_publish` turns untrusted bytes into validated values
 //! (names, versions, decoded tarballs with verified checksums), and the `plan_*` functions
 //! compute the next `StoredPackage` or refuse. `ShardStore` applies plans.
+//!
+//! Every tarball is read (`tarball::inspect`, never unpacked) after its checksums verify: it
+//! must be a readable npm tarball whose `package.json` has the published name and version, so
+//! the registry never serves a manifest that disagrees with what clients install ("manifest
+//! confusion"). Its file count and unpacked size become `dist.fileCount` and
+//! `dist.unpackedSize` when the client sent none.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
@@ -14,6 +20,7 @@ use crate::integrity::{self, IntegrityError};
 use crate::limits;
 use crate::names::{DistTag, DistTagError, NameError, PackageName, Version, VersionError};
 use crate::packument::{StoredPackage, TarballRef};
+use crate::tarball::{self, TarballError, TarballLimits};
 
 /// Why a publish (or a dist-tag change) was refused. Each variant maps to one HTTP status in
 /// the server's `api_error.rs`.
@@ -53,6 +60,11 @@ pub enum PublishError {
     NoVersions,
     #[error("{0}")]
     Integrity(#[from] IntegrityError),
+    #[error("the tarball of version {version} is refused: {problem}")]
+    BadTarball {
+        version: String,
+        problem: TarballProblem,
+    },
     #[error("{name}@{version} already exists with different content; versions are immutable")]
     VersionExists { name: String, version: String },
     #[error("{name}@{version} was published before and unpublished; it cannot be reused")]
@@ -91,6 +103,28 @@ pub enum PublishError {
     },
 }
 
+/// Why a version's tarball was refused (`PublishError::BadTarball`).
+#[derive(Debug, thiserror::Error)]
+pub enum TarballProblem {
+    #[error("{0}")]
+    Unreadable(#[from] TarballError),
+    #[error("its package.json is not a JSON object: {detail}")]
+    PackageJson { detail: String },
+    #[error(
+        "its package.json has {field} {}, but the published manifest has {manifest:?}",
+        describe(tarball.as_deref())
+    )]
+    Disagrees {
+        field: &'static str,
+        tarball: Option<String>,
+        manifest: String,
+    },
+}
+
+fn describe(value: Option<&str>) -> String {
+    value.map_or_else(|| "none".to_owned(), |v| format!("{v:?}"))
+}
+
 /// One new version in a publish: manifest and decoded, verified tarball.
 #[derive(Debug)]
 pub struct NewVersion {
@@ -99,6 +133,10 @@ pub struct NewVersion {
     pub tarball: Vec<u8>,
     pub blob: BlobId,
     pub checksums: integrity::Checksums,
+    /// Regular files in the tarball (`dist.fileCount`).
+    pub file_count: u64,
+    /// Sum of the tarball's file sizes in bytes (`dist.unpackedSize`).
+    pub unpacked_size: u64,
 }
 
 /// A validated publish request.
@@ -171,8 +209,8 @@ fn parse_raw(url_name: &PackageName, body: &mut [u8]) -> Result<RawBody, Publish
 }
 
 /// Parses and validates npm's publish document for the package named in the URL. Every tarball
-/// is base64-decoded, checked against its declared length and checksums, and hashed (blake3).
-/// `body` is modified in place (simd-json parses destructively).
+/// is base64-decoded, checked against its declared length and checksums, hashed (blake3), and
+/// read (`check_tarball`). `body` is modified in place (simd-json parses destructively).
 ///
 /// # Errors
 /// The first problem found, as a `PublishError` naming it.
@@ -223,7 +261,13 @@ fn publish_from_raw(url_name: &PackageName, raw: RawBody) -> Result<PublishReque
         let attachment = attachments
             .remove(&file_key)
             .expect("pick_attachment returned a key");
-        new_versions.push(decode_version(version, manifest, &file_key, &attachment)?);
+        new_versions.push(decode_version(
+            url_name,
+            version,
+            manifest,
+            &file_key,
+            &attachment,
+        )?);
     }
     let dist_tags = parse_dist_tags(raw.dist_tags)?;
     Ok(PublishRequest {
@@ -292,6 +336,7 @@ fn pick_attachment(
 }
 
 fn decode_version(
+    name: &PackageName,
     version: Version,
     manifest: Map<String, Value>,
     file: &str,
@@ -356,6 +401,7 @@ fn decode_version(
         claimed("integrity"),
         claimed("shasum"),
     )?;
+    let summary = check_tarball(name, &version, &tarball)?;
     let blob = BlobId::of(&tarball);
     Ok(NewVersion {
         version,
@@ -363,7 +409,56 @@ fn decode_version(
         tarball,
         blob,
         checksums,
+        file_count: summary.file_count,
+        unpacked_size: summary.unpacked_size,
     })
+}
+
+/// Reads `tarball` within the registry's limits and checks that its `package.json` names the
+/// package and version being published. npm normalizes the manifest it sends (a leading `v` or
+/// `=` is dropped, build metadata may be), so the version compares by semver precedence.
+///
+/// # Errors
+/// `BadTarball` when the archive is unreadable, has no package.json, or disagrees.
+fn check_tarball(
+    name: &PackageName,
+    version: &Version,
+    tarball: &[u8],
+) -> Result<tarball::TarballSummary, PublishError> {
+    let refuse = |problem| PublishError::BadTarball {
+        version: version.as_str().to_owned(),
+        problem,
+    };
+    let summary = tarball::inspect(tarball, &TarballLimits::DEFAULT)
+        .map_err(|e| refuse(TarballProblem::Unreadable(e)))?;
+    let json: Map<String, Value> = serde_json::from_slice(&summary.package_json).map_err(|e| {
+        refuse(TarballProblem::PackageJson {
+            detail: truncate(&e.to_string()),
+        })
+    })?;
+    let text = |field: &str| json.get(field).and_then(Value::as_str);
+    let tarball_name = text("name").map(str::trim);
+    if tarball_name != Some(name.as_str()) {
+        return Err(refuse(TarballProblem::Disagrees {
+            field: "name",
+            tarball: tarball_name.map(truncate),
+            manifest: name.as_str().to_owned(),
+        }));
+    }
+    let tarball_version = text("version");
+    let same_version = tarball_version.is_some_and(|v| {
+        v == version.as_str()
+            || semver::Version::parse(v.trim().trim_start_matches(['=', 'v']))
+                .is_ok_and(|v| v.cmp_precedence(&version.semver()).is_eq())
+    });
+    if !same_version {
+        return Err(refuse(TarballProblem::Disagrees {
+            field: "version",
+            tarball: tarball_version.map(truncate),
+            manifest: version.as_str().to_owned(),
+        }));
+    }
+    Ok(summary)
 }
 
 pub(crate) fn parse_dist_tags(raw: Option<Value>) -> Result<Vec<(DistTag, Version)>, PublishError> {
@@ -662,6 +757,10 @@ fn finish_manifest(
         _ => Map::new(),
     };
     dist.retain(|k, v| matches!(k.as_str(), "fileCount" | "unpackedSize") && v.is_u64());
+    dist.entry("fileCount")
+        .or_insert_with(|| Value::from(new.file_count));
+    dist.entry("unpackedSize")
+        .or_insert_with(|| Value::from(new.unpacked_size));
     dist.insert(
         "integrity".into(),
         Value::String(new.checksums.integrity.clone()),
@@ -742,6 +841,27 @@ pub(crate) fn truncate(s: &str) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::io::Write;
+
+    /// A gzip'd npm tarball: `package/package.json` naming `name@version`, and one more file.
+    fn tgz(name: &str, version: &str) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        let manifest = serde_json::json!({"name": name, "version": version}).to_string();
+        for (path, body) in [
+            ("package/package.json", manifest.as_bytes()),
+            ("package/index.js", &b"module.exports = 1;\n"[..]),
+        ] {
+            let mut header = tar::Header::new_ustar();
+            header.set_size(body.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            builder.append_data(&mut header, path, body).unwrap();
+        }
+        let tar = builder.into_inner().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&tar).unwrap();
+        gz.finish().unwrap()
+    }
 
     fn valid_body(tarball: &[u8]) -> Vec<u8> {
         let checksums = integrity::compute(tarball);
@@ -756,13 +876,89 @@ mod tests {
         .unwrap()
     }
 
+    fn parse(tarball: &[u8]) -> Result<PublishRequest, PublishError> {
+        let name = PackageName::parse("a").unwrap();
+        parse_publish(&name, &mut valid_body(tarball))
+    }
+
     #[test]
     fn valid_body_parses_and_blob_matches() {
-        let name = PackageName::parse("a").unwrap();
-        let mut body = valid_body(b"tarball");
-        let request = parse_publish(&name, &mut body).unwrap();
+        let tarball = tgz("a", "1.0.0");
+        let request = parse(&tarball).unwrap();
         assert_eq!(request.versions.len(), 1);
-        assert_eq!(request.versions[0].blob, BlobId::of(b"tarball"));
+        assert_eq!(request.versions[0].blob, BlobId::of(&tarball));
+        assert_eq!(request.versions[0].file_count, 2);
+        assert_eq!(
+            request.versions[0].unpacked_size,
+            (r#"{"name":"a","version":"1.0.0"}"#.len() + 20) as u64
+        );
+    }
+
+    #[test]
+    fn tarball_that_is_not_an_npm_tarball_is_refused() {
+        let e = parse(b"tarball").unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                PublishError::BadTarball {
+                    problem: TarballProblem::Unreadable(TarballError::NotGzip),
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "the tarball of version 1.0.0 is refused: the tarball is not gzip-compressed"
+        );
+    }
+
+    /// Manifest confusion: the tarball's package.json must name the published name@version.
+    #[test]
+    fn tarball_naming_another_package_or_version_is_refused() {
+        for (name, version, field) in [("b", "1.0.0", "name"), ("a", "1.0.1", "version")] {
+            let e = parse(&tgz(name, version)).unwrap_err();
+            assert!(
+                matches!(&e, PublishError::BadTarball {
+                    problem: TarballProblem::Disagrees { field: f, .. }, ..
+                } if *f == field),
+                "{e:?}"
+            );
+        }
+        let e = parse(&tgz("b", "1.0.0")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the tarball of version 1.0.0 is refused: its package.json has name \"b\", \
+             but the published manifest has \"a\""
+        );
+        // npm drops a leading `v` from the manifest it sends, not from the packed package.json.
+        assert!(parse(&tgz("a", "v1.0.0")).is_ok());
+        assert!(parse(&tgz("a", "1.0.0-rc.1")).is_err());
+    }
+
+    #[test]
+    fn stored_manifest_gets_file_count_and_unpacked_size() {
+        let request = parse(&tgz("a", "1.0.0")).unwrap();
+        let (file_count, unpacked_size) = (
+            request.versions[0].file_count,
+            request.versions[0].unpacked_size,
+        );
+        let plan = plan_publish(None, request, "alice", SystemTime::UNIX_EPOCH).unwrap();
+        let dist = &plan.stored.versions().unwrap()["1.0.0"]["dist"];
+        assert_eq!(dist["fileCount"], file_count);
+        assert_eq!(dist["unpackedSize"], unpacked_size);
+
+        // Values the client sent are kept.
+        let tarball = tgz("a", "1.0.0");
+        let mut body: Value = serde_json::from_slice(&valid_body(&tarball)).unwrap();
+        body["versions"]["1.0.0"]["dist"]["fileCount"] = Value::from(7);
+        body["versions"]["1.0.0"]["dist"]["unpackedSize"] = Value::from(1234);
+        let name = PackageName::parse("a").unwrap();
+        let request = parse_publish(&name, &mut serde_json::to_vec(&body).unwrap()).unwrap();
+        let plan = plan_publish(None, request, "alice", SystemTime::UNIX_EPOCH).unwrap();
+        let dist = &plan.stored.versions().unwrap()["1.0.0"]["dist"];
+        assert_eq!(dist["fileCount"], 7);
+        assert_eq!(dist["unpackedSize"], 1234);
     }
 
     proptest! {
@@ -776,9 +972,13 @@ mod tests {
         }
 
         #[test]
-        fn damaged_valid_bodies_never_panic(cut in 0usize..400, flip in 0usize..400, bit in 0u8..8) {
+        fn damaged_valid_bodies_never_panic(
+            cut in 0usize..1200,
+            flip in 0usize..1200,
+            bit in 0u8..8,
+        ) {
             let name = PackageName::parse("a").unwrap();
-            let mut body = valid_body(b"tarball bytes");
+            let mut body = valid_body(&tgz("a", "1.0.0"));
             let flip = flip % body.len();
             body[flip] ^= 1 << bit;
             body.truncate(cut.min(body.len()).max(1));

@@ -53,6 +53,9 @@ fn publish(name: &str, version: &str) -> WriteOp {
                 manifest,
                 blob: BlobId::of(&bytes),
                 checksums: integrity::compute(&bytes),
+                // The store takes these as parsed; it never reads the tarball.
+                file_count: 1,
+                unpacked_size: bytes.len() as u64,
                 tarball: bytes,
             }],
             dist_tags: Vec::new(),

@@ -32,6 +32,9 @@ fn request(name: &str, version: &str, tarball: &[u8]) -> PublishRequest {
             tarball: tarball.to_vec(),
             blob: BlobId::of(tarball),
             checksums: integrity::compute(tarball),
+            // The store takes these as parsed; it never reads the tarball.
+            file_count: 1,
+            unpacked_size: tarball.len() as u64,
         }],
         dist_tags: Vec::new(),
     }

@@ -3,8 +3,10 @@
 
 Seeds are small valid inputs, so the fuzzer starts past the first checks: npm's request
 heads, chunked bodies, publish bodies for the package `a` (the name publish_body fixes),
-routes, names, a config slot (with its crc32c) and a served record (layout in
-engine/src/served.rs). Output is deterministic; rerun after a format change.
+routes, names, a config slot (with its crc32c), a served record (layout in
+engine/src/served.rs), and tarballs (the three smallest of the shared corpus, when it is
+beside the repository, plus hand-made ones: GNU and PAX long names, an old top-level
+directory name, edge cases). Output is deterministic; rerun after a format change.
 """
 import base64, gzip, hashlib, io, json, os, struct, tarfile
 
@@ -131,3 +133,47 @@ def served():
 
 
 put("served_record", "two_tarballs", served())
+
+
+def tar_bytes(files, fmt=tarfile.USTAR_FORMAT):
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=fmt) as tar:
+        for path, content in files:
+            info = tarfile.TarInfo(path)
+            info.mtime = 499162500
+            if content is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+    return raw.getvalue()
+
+
+PKG_JSON = json.dumps({"name": "a", "version": "1.0.0", "main": "index.js"}).encode()
+LONG = "package/" + "long-directory-name/" * 6 + "file.js"
+put("tarball", "npm_shaped", gzip.compress(tar_bytes(
+    [("package", None), ("package/package.json", PKG_JSON),
+     ("package/index.js", b"module.exports = 1;\n")]), mtime=0))
+put("tarball", "gnu_long_name", gzip.compress(tar_bytes(
+    [("package/package.json", PKG_JSON), (LONG, b"x")], tarfile.GNU_FORMAT), mtime=0))
+put("tarball", "pax_long_name", gzip.compress(tar_bytes(
+    [("package/package.json", PKG_JSON), (LONG, b"x"), ("package/caf\u00e9.js", b"y")],
+    tarfile.PAX_FORMAT), mtime=0))
+put("tarball", "old_top_dir", gzip.compress(tar_bytes(
+    [("node-a/package.json", PKG_JSON), ("node-a/lib/a.js", b"1")]), mtime=0))
+put("tarball", "dot_dot_entry", gzip.compress(tar_bytes(
+    [("package/package.json", PKG_JSON), ("package/../../evil.js", b"x")]), mtime=0))
+put("tarball", "two_members", gzip.compress(tar_bytes([("package/package.json", PKG_JSON)])
+    [:1024], mtime=0) + gzip.compress(tar_bytes([("package/b.js", b"b")]), mtime=0))
+put("tarball", "empty_archive", gzip.compress(bytes(1024), mtime=0))
+
+CORPUS = os.path.join(ROOT, "..", "..", "..", "shared", "corpus")
+try:
+    with open(os.path.join(CORPUS, "manifest.tsv")) as f:
+        rows = [line.rstrip("\n").split("\t") for line in f][1:]
+    for name, version, path, size, _ in sorted(rows, key=lambda r: (int(r[3]), r[0]))[:3]:
+        with open(os.path.join(CORPUS, path), "rb") as f:
+            put("tarball", "corpus_" + name.replace("/", "_") + "-" + version, f.read())
+except FileNotFoundError:
+    print("note: no shared corpus beside the repository; corpus tarball seeds not written")

@@ -105,6 +105,7 @@ impl From<PublishError> for ApiError {
                 (422, "integrity_mismatch")
             }
             PublishError::TarballTooLarge { .. } => (413, "payload_too_large"),
+            PublishError::BadTarball { .. } => (400, "bad_tarball"),
             PublishError::VersionExists { .. } | PublishError::VersionReused { .. } => {
                 (409, "version_exists")
             }

@@ -253,7 +253,7 @@ fn request(
 }
 
 /// Seeded pseudo-random bytes (xorshift), `len` long.
-fn tarball(seed: u64, len: usize) -> Vec<u8> {
+fn payload(seed: u64, len: usize) -> Vec<u8> {
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
         .map(|_| {
@@ -263,6 +263,28 @@ fn tarball(seed: u64, len: usize) -> Vec<u8> {
             state.to_le_bytes()[0]
         })
         .collect()
+}
+
+/// A gzip'd npm tarball of `name@version` (the registry checks its package.json against the
+/// published manifest) carrying `payload(seed, len)`: different seeds give different blobs of
+/// about `len` bytes.
+fn tarball(name: &str, version: &str, seed: u64, len: usize) -> Vec<u8> {
+    let manifest = json!({"name": name, "version": version}).to_string();
+    let payload = payload(seed, len);
+    let mut builder = tar::Builder::new(Vec::new());
+    for (path, body) in [
+        ("package/package.json", manifest.as_bytes()),
+        ("package/payload.bin", payload.as_slice()),
+    ] {
+        let mut header = tar::Header::new_ustar();
+        header.set_size(body.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder.append_data(&mut header, path, body).unwrap();
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&builder.into_inner().unwrap()).unwrap();
+    gz.finish().unwrap()
 }
 
 fn publish_body(name: &str, version: &str, tarball: &[u8]) -> Value {
@@ -323,10 +345,30 @@ fn backup_while_serving_restores_byte_identical() {
     let names = ["alpha", "@scope/beta", "gamma"];
     let server = Server::start(&home);
     let token = server.login("ada");
-    server.publish(&token, "alpha", "1.0.0", &tarball(1, 10_000));
-    server.publish(&token, "alpha", "1.1.0", &tarball(2, 300_000));
-    server.publish(&token, "@scope/beta", "2.0.0", &tarball(3, 50_000));
-    server.publish(&token, "gamma", "0.1.0", &tarball(4, 1_000));
+    server.publish(
+        &token,
+        "alpha",
+        "1.0.0",
+        &tarball("alpha", "1.0.0", 1, 10_000),
+    );
+    server.publish(
+        &token,
+        "alpha",
+        "1.1.0",
+        &tarball("alpha", "1.1.0", 2, 300_000),
+    );
+    server.publish(
+        &token,
+        "@scope/beta",
+        "2.0.0",
+        &tarball("@scope/beta", "2.0.0", 3, 50_000),
+    );
+    server.publish(
+        &token,
+        "gamma",
+        "0.1.0",
+        &tarball("gamma", "0.1.0", 4, 1_000),
+    );
     let before = server.snapshot(&names);
     assert_eq!(before.len(), 3 * 2 + 4);
 
@@ -385,7 +427,7 @@ fn backup_while_serving_restores_byte_identical() {
         assert!(after[target] == *body, "{target} differs after restore");
     }
     // The restored users still log in, and their tokens still work.
-    server.publish(&token, "delta", "1.0.0", &tarball(5, 100));
+    server.publish(&token, "delta", "1.0.0", &tarball("delta", "1.0.0", 5, 100));
 
     // Restore refuses while a server runs on the home.
     let refused = run(&[
@@ -406,16 +448,21 @@ fn fsck_exit_codes_clean_and_corrupt_blob() {
     let home = dir.path().join("home");
     let server = Server::start(&home);
     let token = server.login("ada");
-    let bytes = tarball(9, 20_000);
+    let bytes = tarball("solo", "1.0.0", 9, 20_000);
     server.publish(&token, "solo", "1.0.0", &bytes);
-    server.publish(&token, "other", "1.0.0", &tarball(10, 5_000));
+    server.publish(
+        &token,
+        "other",
+        "1.0.0",
+        &tarball("other", "1.0.0", 10, 5_000),
+    );
     drop(server);
 
     let clean = run(&["fsck", "--home", &home_arg(&home)]);
     assert_eq!(clean.status.code(), Some(0), "{}", describe(&clean));
     assert!(stdout(&clean).contains("clean"), "{}", describe(&clean));
 
-    // The blob of `solo` is the only 20,000-byte file of the store; its name is its hex id.
+    // The blob of `solo` is the only file of its size (about 20 KB); its name is its hex id.
     let path = blob_files(&home.join("blobs"))
         .into_iter()
         .find(|p| std::fs::metadata(p).unwrap().len() == bytes.len() as u64)

@@ -1451,6 +1451,127 @@ fn path_traversal_is_refused_on_every_route() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Hostile tarballs
+// ---------------------------------------------------------------------------------------
+
+/// A gzip'd tar of `(path, body)` files, the paths written into the header bytes as given
+/// (the tar crate refuses to build `..` paths, which is the point here).
+fn tarball_with_paths(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut tar = Vec::new();
+    for (path, body) in files {
+        let mut header = tar::Header::new_ustar();
+        header.set_size(body.len() as u64);
+        header.set_mode(0o644);
+        header.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+        header.set_cksum();
+        tar.extend_from_slice(header.as_bytes());
+        tar.extend_from_slice(body);
+        tar.resize(tar.len().next_multiple_of(512), 0);
+    }
+    tar.resize(tar.len() + 1024, 0);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&tar).expect("gzip into memory");
+    gz.finish().expect("gzip into memory")
+}
+
+/// Goal: a publish whose tarball is not a readable npm tarball, or whose package.json names
+/// another package or version than the published manifest ("manifest confusion"), is refused
+/// with 400 `bad_tarball` and changes nothing. Method: each tarball gets correct checksums, so
+/// it passes every earlier check; then the store is compared byte for byte, and the honest
+/// publish of the same name still succeeds.
+#[test]
+fn hostile_tarballs_are_refused_and_change_nothing() {
+    let server = Server::start();
+    let token = server.login("tgz-user");
+    let stable = fixture("tgz-stable", "1.0.0", "stable");
+    server.publish_ok(&token, &stable);
+    let packages = ["tgz-stable", "tgz-fresh"];
+    let (name, version) = ("tgz-fresh", "1.0.0");
+    let honest = support::npm_tarball(name, version, b"honest payload");
+    let manifest = format!(r#"{{"name":"{name}","version":"{version}"}}"#);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("not gzip", b"this is not a gzip'd tarball".to_vec()),
+        ("truncated gzip", honest[..honest.len() / 2].to_vec()),
+        (
+            "gzip without its trailer",
+            honest[..honest.len() - 4].to_vec(),
+        ),
+        (
+            "package.json naming another package",
+            support::npm_tarball("tgz-stable", version, b"confused"),
+        ),
+        (
+            "package.json naming another version",
+            support::npm_tarball(name, "6.6.6", b"confused"),
+        ),
+        (
+            "a ../ entry",
+            tarball_with_paths(&[
+                ("package/package.json", manifest.as_bytes()),
+                ("package/../../escape.js", b"boom"),
+            ]),
+        ),
+        (
+            "an absolute entry",
+            tarball_with_paths(&[
+                ("package/package.json", manifest.as_bytes()),
+                ("/etc/escape", b"boom"),
+            ]),
+        ),
+        (
+            "no package.json",
+            tarball_with_paths(&[("package/index.js", b"1")]),
+        ),
+    ];
+    let built = support::tarball_fixtures(
+        cases
+            .iter()
+            .map(|(_, tgz)| (name.to_owned(), version.to_owned(), tgz.clone()))
+            .collect(),
+    );
+    let mut before = StoreSnapshot::take(&server, &packages);
+    let mut failures = Vec::new();
+    for ((what, _), fixture) in cases.iter().zip(&built) {
+        let res = server.publish(&token, fixture);
+        if res.status != 400 || res.error_type() != "bad_tarball" {
+            failures.push(format!(
+                "{what}: expected 400 bad_tarball: {}",
+                res.describe()
+            ));
+        } else {
+            eprintln!("{what}: {}", res.json()["message"]);
+        }
+        let after = StoreSnapshot::take(&server, &packages);
+        before.assert_same(&after, what);
+        before = after;
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} hostile tarballs were mishandled:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+    // The honest tarball of the same name and version still publishes, with its file count.
+    let honest = support::tarball_fixtures(vec![(name.to_owned(), version.to_owned(), honest)]);
+    server.publish_ok(&token, &honest[0]);
+    let doc = server.get(&format!("/{name}/{version}")).json();
+    assert_eq!(doc["dist"]["fileCount"], json!(2), "{doc}");
+    assert_eq!(
+        doc["dist"]["unpackedSize"],
+        json!(manifest_len(name, version) + b"honest payload".len()),
+        "{doc}"
+    );
+}
+
+/// Length of the package.json `support::npm_tarball` writes.
+fn manifest_len(name: &str, version: &str) -> usize {
+    json!({"name": name, "version": version, "main": "index.js"})
+        .to_string()
+        .len()
+}
+
+// ---------------------------------------------------------------------------------------
 // Retries and races
 // ---------------------------------------------------------------------------------------
 

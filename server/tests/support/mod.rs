@@ -976,9 +976,48 @@ pub(crate) fn fixture(name: &str, version: &str, salt: &str) -> Fixture {
     fixtures(&[(name, version, salt)]).remove(0)
 }
 
-/// Fixtures with arbitrary tarball bytes (the server does not parse tarballs); the checksums
-/// come from one python3 run for the whole batch.
+/// A gzip'd npm tarball of `name@version`: `package/package.json` (which the registry checks
+/// against the published manifest) and `package/payload.bin` holding `payload`. Deterministic
+/// (no timestamps), and as large as `payload` when the payload is incompressible.
+pub(crate) fn npm_tarball(name: &str, version: &str, payload: &[u8]) -> Vec<u8> {
+    let manifest = json!({"name": name, "version": version, "main": "index.js"}).to_string();
+    let mut builder = tar::Builder::new(Vec::new());
+    for (path, body) in [
+        ("package/package.json", manifest.as_bytes()),
+        ("package/payload.bin", payload),
+    ] {
+        let mut header = tar::Header::new_ustar();
+        header.set_size(body.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, path, body)
+            .expect("appending to an in-memory tar");
+    }
+    let tar = builder.into_inner().expect("finishing an in-memory tar");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&tar).expect("gzip into memory");
+    gz.finish().expect("gzip into memory")
+}
+
+/// Fixtures whose tarballs carry arbitrary payload bytes (`npm_tarball`), so different bytes
+/// give different tarballs of about their size; the checksums come from one python3 run for the
+/// whole batch.
 pub(crate) fn raw_fixtures(items: Vec<(String, String, Vec<u8>)>) -> Vec<Fixture> {
+    tarball_fixtures(
+        items
+            .into_iter()
+            .map(|(name, version, payload)| {
+                let tarball = npm_tarball(&name, &version, &payload);
+                (name, version, tarball)
+            })
+            .collect(),
+    )
+}
+
+/// Fixtures whose tarballs are exactly the given bytes, valid or not (hostile tarballs), with
+/// matching checksums so they get past integrity checks.
+pub(crate) fn tarball_fixtures(items: Vec<(String, String, Vec<u8>)>) -> Vec<Fixture> {
     let hexes: Vec<String> = items.iter().map(|(_, _, b)| hex_encode(b)).collect();
     let input = serde_json::to_vec(&hexes).expect("JSON serializes");
     let output = run_helper("python3", &["-c", CHECKSUMS_PY], &input);
