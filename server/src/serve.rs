@@ -3,7 +3,10 @@
 //! config watcher -> announce readiness -> run the cores until the process is stopped.
 //!
 //! Stopping: every acknowledged write was durable before it was acknowledged, so the process
-//! may be killed at any moment; nothing needs flushing on the way out.
+//! may be killed at any moment and loses nothing. SIGTERM and SIGINT stop it cleanly: each
+//! shard writer finishes its group commit and checkpoints its redb file (allocator state
+//! saved), so the next start opens it in milliseconds instead of rebuilding that state by
+//! walking every tree (seconds at 100,000 packages).
 
 use std::fs;
 use std::io::Write;
@@ -82,6 +85,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         url = %base_url,
         "agentregistry ready"
     );
+    stop_on_signal(&shared.writers)?;
     let bound = listener.local_addr()?;
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "agentregistry listening on http://{bound}")?;
@@ -90,11 +94,59 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     cores::run(config.driver, &listener, &shared, mailbox_receivers)
 }
 
+/// How long a stop waits for each shard writer's last commit and checkpoint.
+const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// On SIGTERM or SIGINT: checkpoint every shard (`Writers::stop_all`), then exit 0.
+fn stop_on_signal(writers: &Writers) -> anyhow::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .context("cannot install signal handlers")?;
+    let writers = writers.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                tracing::info!(
+                    signal,
+                    "stopping: finishing commits and checkpointing shards"
+                );
+                writers.stop_all(STOP_TIMEOUT);
+                tracing::info!("stopped");
+                std::process::exit(0);
+            }
+        })?;
+    Ok(())
+}
+
 /// Listen backlog. The std default (128) overflows when a swarm opens hundreds of
 /// connections at once, and every overflowed client waits a second for a SYN retransmit.
 const LISTEN_BACKLOG: i32 = 4096;
 
+/// How long `bind` keeps retrying a port that is still held. A stopped server's io_uring
+/// instance is torn down by the kernel after the process exits, and the listening socket its
+/// pending accepts hold closes only then: a restart right after a stop would otherwise fail.
+const BIND_RETRY: std::time::Duration = std::time::Duration::from_secs(3);
+
 fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let started = std::time::Instant::now();
+    loop {
+        match try_bind(addr) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && addr.port() != 0
+                    && started.elapsed() < BIND_RETRY =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            result => return result,
+        }
+    }
+}
+
+fn try_bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,

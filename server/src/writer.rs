@@ -52,6 +52,8 @@ pub struct Writers {
     senders: Vec<flume::Sender<(WriteOp, Reply)>>,
     parse: flume::Sender<ParseJob>,
     mailboxes: Vec<Mailbox<WriterMetrics>>,
+    /// Stop requests, one per writer; each is answered once that writer has checkpointed.
+    stops: Vec<flume::Sender<flume::Sender<()>>>,
     /// Bodies the parse pool refused (counted with the writers' refusals in metrics).
     parse_refused: Arc<AtomicU64>,
 }
@@ -81,16 +83,24 @@ impl Writers {
         let mut senders = Vec::with_capacity(shards.len());
         let mut mailboxes = Vec::with_capacity(shards.len());
         let mut threads = Vec::with_capacity(shards.len());
+        let mut stops = Vec::with_capacity(shards.len());
         for shard in shards {
             let (tx, rx) = flume::bounded(WRITER_QUEUE_DEPTH);
             let (mailbox_tx, mailbox_rx) = flume::bounded(4);
+            let (stop_tx, stop_rx) = flume::bounded(1);
             let shard = Arc::clone(shard);
             let blobs = Arc::clone(blobs);
+            let inbox = Inbox {
+                jobs: rx,
+                metrics: mailbox_rx,
+                stop: stop_rx,
+            };
             let thread = std::thread::Builder::new()
                 .name(format!("shard-writer-{}", shard.id().0))
-                .spawn(move || run(&shard, &blobs, &rx, &mailbox_rx))?;
+                .spawn(move || run(&shard, &blobs, &inbox))?;
             senders.push(tx);
             mailboxes.push(mailbox_tx);
+            stops.push(stop_tx);
             threads.push(thread);
         }
         let (parse, parse_rx) = flume::bounded::<ParseJob>(WRITER_QUEUE_DEPTH);
@@ -114,6 +124,7 @@ impl Writers {
             senders,
             parse,
             mailboxes,
+            stops,
             parse_refused,
         };
         Ok((writers, threads))
@@ -134,6 +145,24 @@ impl Writers {
             first.refused += self.parse_refused.load(Ordering::Relaxed);
         }
         out
+    }
+
+    /// Stops every writer after the group commit it is in, each with a checkpoint
+    /// (`ShardStore::checkpoint`) so the next start is fast, and waits for them, at most
+    /// `timeout` each. Writes submitted afterwards fail with `WriterGone`. Blocking: call it
+    /// from a plain thread, not a core.
+    pub fn stop_all(&self, timeout: std::time::Duration) {
+        let acks: Vec<_> = self
+            .stops
+            .iter()
+            .filter_map(|stop| {
+                let (ack, done) = flume::bounded(1);
+                stop.send(ack).ok().map(|()| done)
+            })
+            .collect();
+        for done in acks {
+            let _ = done.recv_timeout(timeout);
+        }
     }
 
     /// Submits `job` to `shard`'s writer and waits for its durable result.
@@ -277,25 +306,29 @@ impl PreparePool {
     }
 }
 
+/// What a writer listens to.
+struct Inbox {
+    jobs: flume::Receiver<(WriteOp, Reply)>,
+    metrics: flume::Receiver<SnapshotRequest<WriterMetrics>>,
+    stop: flume::Receiver<flume::Sender<()>>,
+}
+
 enum Event {
     Job((WriteOp, Reply)),
     Metrics(SnapshotRequest<WriterMetrics>),
+    Stop(flume::Sender<()>),
     Closed,
 }
 
-fn run(
-    shard: &ShardStore,
-    blobs: &BlobStore,
-    rx: &flume::Receiver<(WriteOp, Reply)>,
-    mailbox: &flume::Receiver<SnapshotRequest<WriterMetrics>>,
-) {
+fn run(shard: &ShardStore, blobs: &BlobStore, inbox: &Inbox) {
     let mut metrics = WriterMetrics::default();
     loop {
         let event = flume::Selector::new()
-            .recv(rx, |job| job.map_or(Event::Closed, Event::Job))
-            .recv(mailbox, |request| {
+            .recv(&inbox.jobs, |job| job.map_or(Event::Closed, Event::Job))
+            .recv(&inbox.metrics, |request| {
                 request.map_or(Event::Closed, Event::Metrics)
             })
+            .recv(&inbox.stop, |stop| stop.map_or(Event::Closed, Event::Stop))
             .wait();
         let first = match event {
             Event::Job(job) => job,
@@ -303,9 +336,19 @@ fn run(
                 let _ = reply.send(metrics.clone());
                 continue;
             }
+            Event::Stop(ack) => {
+                match shard.checkpoint() {
+                    Ok(()) => tracing::info!(shard.id = shard.id().0, "shard checkpointed"),
+                    Err(e) => {
+                        tracing::warn!(shard.id = shard.id().0, error = %e, "checkpoint failed");
+                    }
+                }
+                let _ = ack.send(());
+                return;
+            }
             Event::Closed => return,
         };
-        apply_group(shard, blobs, rx, first, &mut metrics);
+        apply_group(shard, blobs, &inbox.jobs, first, &mut metrics);
     }
 }
 
