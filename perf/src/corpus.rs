@@ -340,6 +340,26 @@ mod tests {
     }
 
     #[test]
+    fn synthetic_publish_body_tarball_matches_its_name_and_version() -> Result<()> {
+        let body = synthetic_publish_body("http://127.0.0.1:4873", 12345, 2, 100_000)?;
+        let body: Value = serde_json::from_slice(&body)?;
+        assert_eq!(body["name"], "perf-synth-12345");
+        let attachment = &body["_attachments"]["perf-synth-12345-1.0.2.tgz"];
+        let tgz = base64_simd::STANDARD
+            .decode_to_vec(attachment["data"].as_str().unwrap_or_default())
+            .map_err(|e| anyhow::anyhow!("base64: {e}"))?;
+        assert_eq!(attachment["length"], tgz.len());
+        let packed = manifest_of(&tgz)?;
+        assert_eq!(packed["name"], "perf-synth-12345");
+        assert_eq!(packed["version"], "1.0.2");
+        assert_eq!(
+            body["versions"]["1.0.2"]["dist"]["integrity"],
+            integrity(&tgz).as_str()
+        );
+        Ok(())
+    }
+
+    #[test]
     fn paths() {
         assert_eq!(packument_path("@babel/core"), "/@babel%2fcore");
         assert_eq!(

@@ -86,8 +86,9 @@ fn put_package(conn: &mut Conn, auth: &str, name: &str, body: &[u8]) -> Result<(
     Ok(())
 }
 
-/// Runs `work(conn, item)` over `items` on `threads` threads with one connection each.
-fn fan_out<T: Sync>(
+/// Runs `work(conn, item)` over `items` on `threads` threads with one connection each;
+/// returns the sum of what `work` returned. The first error stops every thread.
+pub(crate) fn fan_out<T: Sync>(
     target: &Target,
     items: &[T],
     threads: usize,
@@ -162,20 +163,65 @@ pub(crate) fn load_synthetic(
     versions: usize,
     threads: usize,
 ) -> Result<LoadReport> {
+    load_synthetic_range(
+        target,
+        token,
+        0..packages,
+        versions,
+        packages,
+        threads,
+        None,
+    )
+}
+
+/// Publishes synthetic packages `range` with versions `0..versions` each (dependencies drawn
+/// from the first `domain` packages), the versions of one package in order on one
+/// connection, packages spread over `threads` connections. With `progress`, prints the
+/// running rate to stderr every `progress` packages.
+pub(crate) fn load_synthetic_range(
+    target: &Target,
+    token: &str,
+    range: std::ops::Range<usize>,
+    versions: usize,
+    domain: usize,
+    threads: usize,
+    progress: Option<usize>,
+) -> Result<LoadReport> {
     let auth = format!("Bearer {token}");
-    let items: Vec<usize> = (0..packages).collect();
+    let items: Vec<usize> = range.collect();
+    let total = items.len();
+    let done = AtomicUsize::new(0);
     let start = Instant::now();
+    let mark = Mutex::new((0usize, start));
     let bytes = fan_out(target, &items, threads, |conn, &i| {
         let mut sent = 0u64;
+        let name = corpus::synthetic_name(i);
         for j in 0..versions {
-            let body = corpus::synthetic_publish_body(&target.base, i, j, packages)?;
-            put_package(conn, &auth, &corpus::synthetic_name(i), &body)?;
+            let body = corpus::synthetic_publish_body(&target.base, i, j, domain)?;
+            put_package(conn, &auth, &name, &body)
+                .with_context(|| format!("{name}@{}", corpus::synthetic_version(j)))?;
             sent += body.len() as u64;
+        }
+        let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+        if progress.is_some_and(|every| every > 0 && n.is_multiple_of(every)) {
+            let now = Instant::now();
+            let secs = now.duration_since(start).as_secs_f64();
+            let recent = mark.lock().ok().map(|mut m| {
+                let rate = (n - m.0) as f64 * versions as f64
+                    / now.duration_since(m.1).as_secs_f64().max(1e-9);
+                *m = (n, now);
+                rate
+            });
+            eprintln!(
+                "  loaded {n}/{total} packages in {secs:.1} s: {:.0} publishes/s overall, {:.0}/s since the last line",
+                (n * versions) as f64 / secs.max(1e-9),
+                recent.unwrap_or(0.0)
+            );
         }
         Ok(sent)
     })?;
     Ok(LoadReport {
-        publishes: packages * versions,
+        publishes: total * versions,
         bytes,
         elapsed: start.elapsed(),
     })

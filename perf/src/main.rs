@@ -6,6 +6,8 @@
 //!   CPU and RSS when `--server-pid` is given.
 //! - `compare`: the workloads against AgentRegistry, nginx and Verdaccio 6, started here.
 //! - `clients`: timed cold `npm install` / `bun install` of the corpus tree on all three.
+//! - `scale`: AgentRegistry at 1,000 and at 100,000 synthetic packages: packument GET
+//!   throughput, restart time and idle RSS.
 //!
 //! See `perf/README.md` for usage and `perf/RESULTS.md` for the latest numbers.
 
@@ -18,6 +20,7 @@ mod http;
 mod load;
 mod loadgen;
 mod procstat;
+mod scale;
 mod semverish;
 mod swarm;
 mod targets;
@@ -50,6 +53,8 @@ enum Command {
     Compare(compare::CompareOpts),
     /// Time cold npm and bun installs of the corpus tree against all three targets.
     Clients(clients::ClientsOpts),
+    /// AgentRegistry at 1,000 and 100,000 packages: GET throughput, restart time, idle RSS.
+    Scale(scale::ScaleOpts),
 }
 
 #[derive(clap::Args)]
@@ -219,5 +224,6 @@ fn main() -> Result<()> {
         Command::Bench(args) => run_bench(args),
         Command::Compare(opts) => compare::run(opts),
         Command::Clients(opts) => clients::run(opts),
+        Command::Scale(opts) => scale::run(opts),
     }
 }

@@ -93,6 +93,42 @@ pub(crate) fn tree_rss_kib(root: u32) -> u64 {
         .sum()
 }
 
+/// Memory figures of one process from `/proc/PID/status`, in KiB.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub(crate) struct Memory {
+    /// `VmRSS`: resident memory.
+    pub(crate) rss: u64,
+    /// `RssAnon`: resident anonymous memory (heap, stacks).
+    pub(crate) anon: u64,
+    /// `RssFile`: resident file-backed pages (the binary, mapped files).
+    pub(crate) file: u64,
+    /// `VmHWM`: the resident high-water mark.
+    pub(crate) hwm: u64,
+    /// `Threads`.
+    pub(crate) threads: u64,
+}
+
+/// `VmRSS`, `RssAnon`, `RssFile`, `VmHWM` and `Threads` of `pid`.
+#[must_use]
+pub(crate) fn memory(pid: u32) -> Option<Memory> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_ascii_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Some(Memory {
+        rss: field("VmRSS:"),
+        anon: field("RssAnon:"),
+        file: field("RssFile:"),
+        hwm: field("VmHWM:"),
+        threads: field("Threads:"),
+    })
+}
+
 /// CPUs counted in `/proc/stat` (not this process's affinity mask, which `taskset` narrows).
 pub(crate) fn online_cpus() -> f64 {
     std::fs::read_to_string("/proc/stat")

@@ -60,29 +60,29 @@ impl Server {
     }
 
     /// Stops the server: SIGTERM to its PID (nginx's master then stops its workers), then
-    /// SIGKILL after 5 s.
-    fn stop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
+    /// SIGKILL after 5 s. Returns how it exited (`None` when it had already been reaped).
+    pub(crate) fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Some(status);
         }
         let _ = Command::new("kill")
             .args(["-TERM", &self.pid.to_string()])
             .status();
         let until = Instant::now() + Duration::from_secs(5);
         while Instant::now() < until {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(5));
         }
         let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.wait().ok()
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.stop();
+        let _ = self.stop();
     }
 }
 
@@ -152,7 +152,7 @@ fn wait_until_ready(target: &Target, path: &str, child: &mut Child, what: &str) 
     }
 }
 
-/// Starts AgentRegistry with a fresh home under `dir`.
+/// Starts AgentRegistry with a fresh home in a temporary directory, on a free port.
 pub(crate) fn start_agentregistry(
     bin: &Path,
     cores: Option<usize>,
@@ -161,17 +161,60 @@ pub(crate) fn start_agentregistry(
     let dir = tempfile::Builder::new()
         .prefix("perf-agentregistry-")
         .tempdir()?;
-    let home = dir.path().join("home");
-    let log = std::fs::File::create(dir.path().join("server.log"))?;
+    let (mut server, _) = start_agentregistry_on(
+        bin,
+        &dir.path().join("home"),
+        "127.0.0.1:0",
+        cores,
+        cpus,
+        &dir.path().join("server.log"),
+    )?;
+    server.dir = Some(dir);
+    Ok(server)
+}
+
+/// How long one AgentRegistry start took, measured from the spawn.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StartTiming {
+    /// Wall-clock time of the spawn (to compare with the server's own log timestamps).
+    pub(crate) spawned_at: std::time::SystemTime,
+    /// Spawn to the `agentregistry listening on` line on stdout.
+    pub(crate) listening: Duration,
+    /// Spawn to the first `200` answer to `GET /-/ping`.
+    pub(crate) ping: Duration,
+}
+
+/// Starts AgentRegistry on `home` (created if missing) listening on `listen`, its stderr
+/// (the log) appended to `log`. An explicit port keeps the base URL, and so the pre-rendered
+/// documents, the same across restarts (another URL makes the server re-render every
+/// record when it opens its shards). `GET /-/ping` is polled every millisecond from the spawn:
+/// the server binds before it opens its data directory, so a request that connects early
+/// simply waits until the cores serve.
+pub(crate) fn start_agentregistry_on(
+    bin: &Path,
+    home: &Path,
+    listen: &str,
+    cores: Option<usize>,
+    cpus: Option<&str>,
+    log: &Path,
+) -> Result<(Server, StartTiming)> {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
     let mut cmd = command_on(cpus, bin.as_os_str());
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--home"])
-        .arg(&home)
+    cmd.args(["serve", "--listen", listen, "--home"])
+        .arg(home)
+        .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::from(log));
+        .stderr(Stdio::from(log_file));
     if let Some(cores) = cores {
         cmd.args(["--cores", &cores.to_string()]);
     }
+    let spawned_at = std::time::SystemTime::now();
+    let spawned = Instant::now();
     let mut child = cmd
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
@@ -185,7 +228,7 @@ pub(crate) fn start_agentregistry(
         while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
             if !sent {
                 if let Some(url) = line.trim().strip_prefix("agentregistry listening on ") {
-                    let _ = tx.send(url.to_owned());
+                    let _ = tx.send((url.to_owned(), Instant::now()));
                     sent = true;
                 }
             }
@@ -193,30 +236,73 @@ pub(crate) fn start_agentregistry(
         }
     });
     let pid = child.id();
-    let url = match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(url) => url,
+    let fail = |child: &mut Child, why: String| -> anyhow::Error {
+        let _ = child.kill();
+        let _ = child.wait();
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        anyhow::anyhow!("{why}\n{text}")
+    };
+    // With an explicit port, poll the ping from the spawn; with port 0, learn the port first.
+    let ping_target = match Target::parse(&format!("http://{listen}")) {
+        Ok(t) if t.addr.port() != 0 => Some(t),
+        _ => None,
+    };
+    let ping = match ping_target {
+        Some(t) => Some(
+            poll_ping(&t, &mut child, spawned).map_err(|e| fail(&mut child, format!("{e:#}")))?,
+        ),
+        None => None,
+    };
+    let (url, listening_at) = match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(found) => found,
         Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
-            bail!("agentregistry did not print its listening line within 60 s\n{log}");
+            return Err(fail(
+                &mut child,
+                "agentregistry did not print its listening line within 60 s".to_owned(),
+            ))
         }
     };
     let target = Target::parse(&url)?;
-    let mut server = Server {
+    let ping = match ping {
+        Some(at) => at,
+        None => poll_ping(&target, &mut child, spawned)
+            .map_err(|e| fail(&mut child, format!("{e:#}")))?,
+    };
+    let server = Server {
         kind: Kind::AgentRegistry,
         target,
         pid,
         child,
-        dir: Some(dir),
+        dir: None,
     };
-    wait_until_ready(
-        &server.target,
-        "/-/ping",
-        &mut server.child,
-        "agentregistry",
-    )?;
-    Ok(server)
+    Ok((
+        server,
+        StartTiming {
+            spawned_at,
+            listening: listening_at.saturating_duration_since(spawned),
+            ping: ping.saturating_duration_since(spawned),
+        },
+    ))
+}
+
+/// Polls `GET /-/ping` every millisecond until it answers 200 (up to 120 s); returns when.
+fn poll_ping(target: &Target, child: &mut Child, since: Instant) -> Result<Instant> {
+    let until = since + Duration::from_secs(120);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!("agentregistry exited during start-up: {status}");
+        }
+        let mut conn = Conn::new(target);
+        if let Ok(r) = conn.request("GET", "/-/ping", &[], None) {
+            if r.status == 200 {
+                return Ok(Instant::now());
+            }
+        }
+        if Instant::now() > until {
+            bail!("agentregistry did not answer GET /-/ping within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// Writes nginx's document root from AgentRegistry's bytes; returns (files, bytes).
