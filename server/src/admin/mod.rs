@@ -27,6 +27,7 @@ use engine::shard::ShardStore;
 use futures_channel::oneshot;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use crate::api_error::ApiError;
 use crate::cores::{Core, Shared};
@@ -196,10 +197,15 @@ fn authorize(head: &RequestHead<'_>, shared: &Shared) -> Result<PathBuf, ApiErro
     let expected = fs::read_to_string(home.join(ADMIN_TOKEN_FILE))
         .map_err(|e| job_failed("reading the admin token", &e))?;
     let expected = expected.trim();
-    // Comparing digests: equal-length values whose comparison time reveals nothing usable.
+    // Digests of equal length, compared in constant time: neither the token's length nor
+    // how many leading bytes match shows in the answer's timing.
     let presented_digest = Sha256::digest(presented.trim().as_bytes());
     let expected_digest = Sha256::digest(expected.as_bytes());
-    if expected.is_empty() || presented_digest != expected_digest {
+    let same: bool = presented_digest
+        .as_slice()
+        .ct_eq(expected_digest.as_slice())
+        .into();
+    if expected.is_empty() || !same {
         return Err(ApiError::unauthorized("the admin token is not valid"));
     }
     Ok(home)
