@@ -15,16 +15,13 @@
 //! per version, as the registry checks that they agree).
 
 use std::hint::black_box;
-use std::io::{Read, Write};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use engine::blob::BlobStore;
 use engine::names::PackageName;
-use engine::packument::StoredPackage;
-use engine::publish::{parse_publish, plan_publish};
+use engine::publish::parse_publish;
 use engine::served::{encode_served, Served};
 use engine::shard::{ReadError, ShardId, ShardStore, WriteOp};
 use flume::{Receiver, Sender, TryRecvError};
@@ -43,7 +40,7 @@ fn fill(store: &ShardStore, blobs: &BlobStore) -> String {
     let mut count = 1;
     let (versions, record_len) = loop {
         let versions = benches::versions(count);
-        let stored = stored_package(&tarball, &versions);
+        let stored = benches::stored_package(&tarball, &versions);
         let len = encode_served(&stored, BASE_URL).len();
         if len >= RECORD_BYTES_MIN {
             break (versions, len);
@@ -54,7 +51,7 @@ fn fill(store: &ShardStore, blobs: &BlobStore) -> String {
     let ops = versions
         .iter()
         .map(|version| {
-            let mut body = benches::publish_body(&as_version(&tarball, version));
+            let mut body = benches::publish_body(&benches::as_version(&tarball, version));
             let request = parse_publish(&name, &mut body).expect("fixture publish body parses");
             WriteOp::Publish {
                 request,
@@ -71,55 +68,6 @@ fn fill(store: &ShardStore, blobs: &BlobStore) -> String {
         versions.len()
     );
     tarball.name
-}
-
-/// `t` repacked as `version`: the same files with `package.json`'s version rewritten, since
-/// the registry refuses a tarball whose package.json disagrees with the published version.
-fn as_version(t: &benches::CorpusTarball, version: &str) -> benches::CorpusTarball {
-    let mut manifest = t.manifest.clone();
-    manifest.insert("version".into(), serde_json::json!(version));
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(t.bytes.as_slice()));
-    let mut builder = tar::Builder::new(Vec::new());
-    for entry in archive.entries().expect("corpus tarballs are tar") {
-        let mut entry = entry.expect("corpus tar entries read");
-        let path = entry.path().expect("corpus paths are valid").into_owned();
-        let mut data = Vec::new();
-        entry
-            .read_to_end(&mut data)
-            .expect("corpus tar bodies read");
-        if path.iter().count() == 2 && path.ends_with("package.json") {
-            data = serde_json::to_vec_pretty(&manifest).expect("a JSON map serializes");
-        }
-        let mut header = entry.header().clone();
-        header.set_size(data.len() as u64);
-        builder
-            .append_data(&mut header, &path, data.as_slice())
-            .expect("appending to an in-memory tar");
-    }
-    let tar = builder.into_inner().expect("finishing an in-memory tar");
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(&tar).expect("gzip into memory");
-    benches::CorpusTarball {
-        version: version.to_owned(),
-        bytes: gz.finish().expect("gzip into memory"),
-        manifest,
-        ..t.clone()
-    }
-}
-
-/// `t` published as each of `versions` (repacked per version), one publish each, through
-/// `parse_publish` + `plan_publish`.
-fn stored_package(t: &benches::CorpusTarball, versions: &[String]) -> StoredPackage {
-    let name = PackageName::parse(&t.name).expect("corpus names are valid");
-    let mut stored = None;
-    for (i, version) in versions.iter().enumerate() {
-        let mut body = benches::publish_body(&as_version(t, version));
-        let request = parse_publish(&name, &mut body).expect("fixture publish body parses");
-        let now = benches::epoch() + Duration::from_secs(3600 * i as u64);
-        let plan = plan_publish(stored.take(), request, benches::USER, now).expect("plans");
-        stored = Some(plan.stored);
-    }
-    stored.expect("at least one version")
 }
 
 fn spawn_owner(

@@ -5,7 +5,7 @@
 //! The corpus is `shared/corpus/` beside the repository (its README describes it), or the
 //! directory named by `AGENTREGISTRY_CORPUS`.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
@@ -126,12 +126,7 @@ fn read_package_files(tgz: &[u8]) -> (Map<String, Value>, Option<String>) {
 /// `_id`, `readme` and `dist{integrity, shasum, tarball}`, and the base64 tarball attachment.
 #[must_use]
 pub fn publish_body(t: &CorpusTarball) -> Vec<u8> {
-    publish_body_as(t, &t.version)
-}
-
-/// Like `publish_body`, but publishes `t`'s manifest and tarball as `version`.
-#[must_use]
-pub fn publish_body_as(t: &CorpusTarball, version: &str) -> Vec<u8> {
+    let version = t.version.as_str();
     let checksums = engine::integrity::compute(&t.bytes);
     let name = t.name.as_str();
     let base = name.rsplit('/').next().unwrap_or(name);
@@ -170,6 +165,44 @@ pub fn publish_body_as(t: &CorpusTarball, version: &str) -> Vec<u8> {
     serde_json::to_vec(&body).expect("a JSON value serializes")
 }
 
+/// `t` repacked as `version`: the same files with `package.json`'s version rewritten, since
+/// the registry refuses a tarball whose package.json disagrees with the published version.
+///
+/// # Panics
+/// When `t` is not a readable gzip tar (corpus tarballs are).
+#[must_use]
+pub fn as_version(t: &CorpusTarball, version: &str) -> CorpusTarball {
+    let mut manifest = t.manifest.clone();
+    manifest.insert("version".into(), serde_json::json!(version));
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(t.bytes.as_slice()));
+    let mut builder = tar::Builder::new(Vec::new());
+    for entry in archive.entries().expect("corpus tarballs are tar") {
+        let mut entry = entry.expect("corpus tar entries read");
+        let path = entry.path().expect("corpus paths are valid").into_owned();
+        let mut data = Vec::new();
+        entry
+            .read_to_end(&mut data)
+            .expect("corpus tar bodies read");
+        if path.iter().count() == 2 && path.ends_with("package.json") {
+            data = serde_json::to_vec_pretty(&manifest).expect("a JSON map serializes");
+        }
+        let mut header = entry.header().clone();
+        header.set_size(data.len() as u64);
+        builder
+            .append_data(&mut header, &path, data.as_slice())
+            .expect("appending to an in-memory tar");
+    }
+    let tar = builder.into_inner().expect("finishing an in-memory tar");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&tar).expect("gzip into memory");
+    CorpusTarball {
+        version: version.to_owned(),
+        bytes: gz.finish().expect("gzip into memory"),
+        manifest,
+        ..t.clone()
+    }
+}
+
 /// `count` distinct version strings, in publish order: `1.0.0 .. 1.0.9, 1.1.0, ..`.
 #[must_use]
 pub fn versions(count: usize) -> Vec<String> {
@@ -179,7 +212,7 @@ pub fn versions(count: usize) -> Vec<String> {
 }
 
 /// A stored package built through the real publish path (`parse_publish` + `plan_publish`):
-/// `t`'s manifest and tarball published as each of `versions`, one publish each.
+/// `t` repacked as each of `versions` (`as_version`) and published, one publish each.
 ///
 /// # Panics
 /// When a publish is refused (the fixture is wrong).
@@ -188,7 +221,7 @@ pub fn stored_package(t: &CorpusTarball, versions: &[String]) -> StoredPackage {
     let name = PackageName::parse(&t.name).expect("corpus names are valid");
     let mut stored = None;
     for (i, version) in versions.iter().enumerate() {
-        let mut body = publish_body_as(t, version);
+        let mut body = publish_body(&as_version(t, version));
         let request = parse_publish(&name, &mut body).expect("fixture publish body parses");
         let now = epoch() + Duration::from_secs(3600 * i as u64);
         let plan = plan_publish(stored.take(), request, USER, now).expect("fixture publish plans");

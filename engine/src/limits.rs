@@ -20,3 +20,23 @@ pub const VERSION_COMPONENT_MAX: u64 = (1 << 53) - 1;
 
 /// Most threads one group commit uses to make its blobs durable in parallel.
 pub const BLOB_WRITE_THREADS_MAX: usize = 16;
+
+/// Most decompressed bytes `tarball::inspect` reads by default: tar headers, file data and
+/// padding.
+pub const TARBALL_UNPACKED_BYTES_MAX: u64 = 512 * 1024 * 1024;
+/// Most tar entries (headers of any kind) in a published tarball by default.
+pub const TARBALL_ENTRY_COUNT_MAX: u64 = 100_000;
+/// Largest `package.json` in a published tarball by default.
+pub const TARBALL_PACKAGE_JSON_BYTES_MAX: u64 = 1024 * 1024;
+/// Largest GNU long name or PAX header by default: node-tar ignores larger ones
+/// (`maxMetaEntrySize`), so they are refused here rather than applied.
+pub const TARBALL_EXTENSION_BYTES_MAX: u64 = 1024 * 1024;
+/// Most gzip members: npm writes one. Each member costs a decoder set-up, and empty members
+/// add no decompressed bytes, so without this bound a tarball of tiny members would cost CPU
+/// in proportion to its compressed size with nothing for the byte limit to count.
+pub const TARBALL_GZIP_MEMBER_COUNT_MAX: u32 = 64;
+
+// An incompressible tarball under the publish limit must fit once unpacked.
+const _: () = assert!(TARBALL_UNPACKED_BYTES_MAX >= TARBALL_BYTES_MAX as u64);
+const _: () = assert!(TARBALL_PACKAGE_JSON_BYTES_MAX <= TARBALL_UNPACKED_BYTES_MAX);
+const _: () = assert!(TARBALL_EXTENSION_BYTES_MAX <= TARBALL_UNPACKED_BYTES_MAX);

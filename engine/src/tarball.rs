@@ -43,26 +43,14 @@ use std::io::{self, Read};
 
 use flate2::bufread::GzDecoder;
 
-use crate::limits;
-
-/// Most decompressed bytes `inspect` reads by default: tar headers, file data and padding.
-pub const UNPACKED_BYTES_MAX: u64 = 512 * 1024 * 1024;
-/// Most tar entries (headers of any kind) by default.
-pub const ENTRY_COUNT_MAX: u64 = 100_000;
-/// Largest `package.json` accepted by default.
-pub const PACKAGE_JSON_BYTES_MAX: u64 = 1024 * 1024;
-/// Largest GNU long name or PAX header by default: node-tar ignores larger ones
-/// (`maxMetaEntrySize`), so they are refused here rather than applied.
-pub const EXTENSION_BYTES_MAX: u64 = 1024 * 1024;
-/// Most gzip members: npm writes one. Each member costs a decoder set-up, and empty members
-/// add no decompressed bytes, so without this bound a tarball of tiny members would cost CPU
-/// in proportion to its compressed size with nothing for the byte limit to count.
-pub const GZIP_MEMBER_COUNT_MAX: u32 = 64;
-
-// An incompressible tarball under the publish limit must fit once unpacked.
-const _: () = assert!(UNPACKED_BYTES_MAX >= limits::TARBALL_BYTES_MAX as u64);
-const _: () = assert!(PACKAGE_JSON_BYTES_MAX <= UNPACKED_BYTES_MAX);
-const _: () = assert!(EXTENSION_BYTES_MAX <= UNPACKED_BYTES_MAX);
+// The default bounds live in `limits.rs` with every other bound; re-exported under their
+// short names for this module's users.
+pub use crate::limits::{
+    TARBALL_ENTRY_COUNT_MAX as ENTRY_COUNT_MAX, TARBALL_EXTENSION_BYTES_MAX as EXTENSION_BYTES_MAX,
+    TARBALL_GZIP_MEMBER_COUNT_MAX as GZIP_MEMBER_COUNT_MAX,
+    TARBALL_PACKAGE_JSON_BYTES_MAX as PACKAGE_JSON_BYTES_MAX,
+    TARBALL_UNPACKED_BYTES_MAX as UNPACKED_BYTES_MAX,
+};
 
 /// Size of a tar block: headers and bodies are whole blocks.
 const BLOCK_BYTES: usize = 512;
