@@ -357,3 +357,44 @@ proptest! {
         prop_assert_eq!(&observe(&f), &model);
     }
 }
+
+/// The prepare pool's path: `check_publish` refuses what the writer would refuse, and names
+/// the blobs to store; a `PublishPrepared` whose blob vanished in between (online fsck removes
+/// old unreferenced blobs) has it written again by the writer, never committed without it.
+#[test]
+fn prepared_publishes_are_checked_and_never_commit_without_their_blob() {
+    let fx = Fixture::new();
+    let first = request("prep", "1.0.0", b"first tarball");
+    let (ids, needed) = fx.store.check_publish(&first, "ada", &fx.blobs).unwrap();
+    assert_eq!(ids, vec![BlobId::of(b"first tarball")]);
+    assert_eq!(needed, b"first tarball".len() as u64);
+    let items: Vec<(BlobId, &[u8])> = vec![(ids[0], b"first tarball".as_slice())];
+    assert!(fx.blobs.write_all(&items).iter().all(Result::is_ok));
+    // The blob is deleted before the writer gets the op.
+    std::fs::remove_file(fx.blobs.path_of(&ids[0])).unwrap();
+    let results = fx.apply(vec![WriteOp::PublishPrepared {
+        request: first,
+        user: "ada".into(),
+    }]);
+    assert!(matches!(
+        results[0],
+        Ok(WriteOutcome::Published { changed: true, .. })
+    ));
+    assert_eq!(fx.blobs.read(&ids[0]).unwrap(), b"first tarball");
+
+    // Other bytes for the same version, and another user: refused before anything is written.
+    let conflict = request("prep", "1.0.0", b"other bytes");
+    assert!(matches!(
+        fx.store.check_publish(&conflict, "ada", &fx.blobs),
+        Err(WriteError::Refused(PublishError::VersionExists { .. }))
+    ));
+    let stranger = request("prep", "2.0.0", b"stranger bytes");
+    assert!(matches!(
+        fx.store.check_publish(&stranger, "eve", &fx.blobs),
+        Err(WriteError::Refused(PublishError::NotMaintainer { .. }))
+    ));
+    // An identical retry needs no blob.
+    let retry = request("prep", "1.0.0", b"first tarball");
+    let (ids, needed) = fx.store.check_publish(&retry, "ada", &fx.blobs).unwrap();
+    assert!(ids.is_empty() && needed == 0);
+}

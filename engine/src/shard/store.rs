@@ -33,7 +33,8 @@ pub enum WriteOp {
         request: PublishRequest,
         user: String,
     },
-    /// A publish whose blobs `ShardStore::prepare_publish` already made durable.
+    /// A publish whose blobs the caller already made durable (`ShardStore::check_publish`,
+    /// then `BlobStore::write_all`); the writer only checks they are still present.
     PublishPrepared {
         request: PublishRequest,
         user: String,
@@ -530,6 +531,7 @@ impl ShardStore {
                     }
                 },
             };
+            let prepared = matches!(op, WriteOp::PublishPrepared { .. });
             let (mut plan, outcome) = match plan_op(current, op, now) {
                 Ok(planned) => planned,
                 Err(e) => {
@@ -538,6 +540,12 @@ impl ShardStore {
                     continue;
                 }
             };
+            if prepared {
+                // Made durable by the prepare pool; checked again here, inside this shard's
+                // write transaction, because online fsck deletes old unreferenced blobs while
+                // holding every shard's write lock. A blob it removed is written again below.
+                plan.blobs.retain(|(id, _)| !blobs.has(id));
+            }
             if plan.changed {
                 // Refuse while nothing is written yet: a commit that runs out of space would
                 // poison the shard, a refusal here leaves everything as it was.
@@ -663,16 +671,10 @@ fn plan_op(
     now: SystemTime,
 ) -> Result<(Plan, PlannedOutcome), PublishError> {
     match op {
-        WriteOp::Publish { request, user } => Ok((
+        WriteOp::Publish { request, user } | WriteOp::PublishPrepared { request, user } => Ok((
             publish::plan_publish(current, request, &user, now)?,
             PlannedOutcome::Published,
         )),
-        WriteOp::PublishPrepared { request, user } => {
-            let mut plan = publish::plan_publish(current, request, &user, now)?;
-            // Durable already: the commit needs no blob work for them.
-            plan.blobs.clear();
-            Ok((plan, PlannedOutcome::Published))
-        }
         WriteOp::DistTagSet {
             name,
             tag,
