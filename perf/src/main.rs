@@ -5,7 +5,8 @@
 //!   generator (monoio), reporting req/s, MiB/s, p50/p99/p99.9, errors, and the server's
 //!   CPU and RSS when `--server-pid` is given.
 //! - `compare`: the workloads against AgentRegistry, nginx and Verdaccio 6, started here.
-//! - `clients`: timed cold `npm install` / `bun install` of the corpus tree on all three.
+//! - `clients`: timed cold `npm` / `pnpm` / `bun install`s of the corpus tree on all three,
+//!   one at a time or K at once (`--concurrent`, a 20-package tree).
 //! - `scale`: AgentRegistry at 1,000 and at 100,000 synthetic packages: packument GET
 //!   throughput, restart time and idle RSS.
 //!
@@ -51,7 +52,7 @@ enum Command {
     Bench(BenchArgs),
     /// Compare AgentRegistry, nginx and Verdaccio on the same workloads.
     Compare(compare::CompareOpts),
-    /// Time cold npm and bun installs of the corpus tree against all three targets.
+    /// Time cold npm, pnpm and bun installs (one at a time or K concurrent) against the targets.
     Clients(clients::ClientsOpts),
     /// AgentRegistry at 1,000 and 100,000 packages: GET throughput, restart time, idle RSS.
     Scale(scale::ScaleOpts),
