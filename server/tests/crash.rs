@@ -22,7 +22,7 @@
 //! has its exact tarball, the full and abbreviated packuments list the same versions. The
 //! seed is printed (`AGENTREGISTRY_CRASH_SEED=S` replays it). At the end, `agentregistry
 //! fsck --home H` must exit 0 when that subcommand exists (skipped with a note otherwise).
-//! Tarball bytes are seeded pseudo-random (the server does not parse tarballs); checksums come
+//! Tarballs wrap seeded pseudo-random payloads with a matching package.json; checksums come
 //! from python3 in one batch per round. No sleeps: the kill moment is a deadline on a channel
 //! receive.
 

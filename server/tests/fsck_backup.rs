@@ -8,8 +8,9 @@
 //!
 //! Method: servers run on `127.0.0.1:0` with `--public-url` fixed, so documents (which embed
 //! tarball URLs) do not depend on the port; they are killed by pid. Requests are raw HTTP/1.1
-//! over `std::net::TcpStream` with `Connection: close`. Tarballs are seeded pseudo-random
-//! bytes (the registry does not parse tarballs); their sha512 integrity is computed here.
+//! over `std::net::TcpStream` with `Connection: close`. Tarballs are gzip npm tarballs
+//! (package.json matching the publish, as the registry checks) around seeded pseudo-random
+//! payloads; their sha512 integrity is computed here.
 //! Every wait has a deadline: socket timeouts, channel receives; no sleeps.
 
 #![expect(clippy::unwrap_used, reason = "test fixtures fail loudly by design")]

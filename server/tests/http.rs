@@ -24,9 +24,11 @@
 //!   leave the redb files byte-identical, so they are compared directly, not only over HTTP.
 //! - Tarballs are real gzip tarballs built by `python3` (tarfile), which also computes their
 //!   sha512 integrity, sha1 shasum and base64 (no crypto crate among the dev-dependencies).
-//!   The multi-megabyte test uses seeded pseudo-random bytes (printed), since the server
-//!   does not parse tarballs.
+//!   The multi-megabyte test packs seeded pseudo-random bytes (seed printed) with a matching
+//!   package.json, since the server reads every tarball and checks its package.json.
 //! - No sleeps: every wait is a socket read with a timeout or a channel receive with a deadline.
+
+mod support;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -1918,30 +1920,6 @@ fn pseudo_random_bytes(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
-/// A gzip'd npm tarball of `name@version` (its package.json is checked against the published
-/// manifest) carrying `payload` as `package/payload.bin`; about as large as an incompressible
-/// payload.
-fn npm_tarball(name: &str, version: &str, payload: &[u8]) -> Vec<u8> {
-    let manifest = json!({"name": name, "version": version}).to_string();
-    let mut builder = tar::Builder::new(Vec::new());
-    for (path, body) in [
-        ("package/package.json", manifest.as_bytes()),
-        ("package/payload.bin", payload),
-    ] {
-        let mut header = tar::Header::new_ustar();
-        header.set_size(body.len() as u64);
-        header.set_mode(0o644);
-        header.set_cksum();
-        builder
-            .append_data(&mut header, path, body)
-            .expect("appending to an in-memory tar");
-    }
-    let tar = builder.into_inner().expect("finishing an in-memory tar");
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&tar).expect("gzip into memory");
-    gz.finish().expect("gzip into memory")
-}
-
 /// A multi-megabyte tarball (larger than every read buffer, the per-core tarball cache's
 /// entry limit and the copy-into-head threshold) publishes over a keep-alive connection with a
 /// pipelined request behind it, and reads back byte for byte, repeatedly.
@@ -1952,7 +1930,7 @@ fn large_tarball_round_trips() {
     let server = Server::start();
     let token = server.login("large-user");
     let payload = pseudo_random_bytes(seed, 3 * 1024 * 1024 + 17);
-    let tarball = npm_tarball("large-pkg", "1.0.0", &payload);
+    let tarball = support::npm_tarball("large-pkg", "1.0.0", &payload);
     assert!(tarball.len() > 3 * 1024 * 1024, "{} bytes", tarball.len());
     let sums: Value =
         serde_json::from_slice(&run_helper("python3", &["-c", CHECKSUMS_PY], &tarball))

@@ -1,4 +1,4 @@
-//! Harness shared by `hostile.rs` and `crash.rs` (and only them): the `agentregistry` binary of
+//! Harness shared by `hostile.rs` and `crash.rs` (`http.rs` borrows its tarball builder): the `agentregistry` binary of
 //! this build as a child process, a raw HTTP/1.1 client over `std::net::TcpStream`, publish
 //! fixtures, and byte-for-byte store snapshots. Copied from `http.rs` and generalized: a server
 //! can run on a caller-chosen home (so it can be killed and restarted on it), keep its whole
