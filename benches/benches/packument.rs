@@ -1,6 +1,7 @@
 //! Packument layer (runs on every write): render a 300-version package to its full and
-//! abbreviated documents, and encode the served record (render + two gzips + etags); and the
-//! read side, decoding that served record.
+//! abbreviated documents, and encode the served values (render + two gzips + etags); and the
+//! read side, decoding the gzip abbreviated document (`served/decode`, what a cache miss of a
+//! pnpm or bun request decodes) and the tarball index (`served/decode_index`).
 //!
 //! `StoredPackage::render` produces both documents in one call, so the full and abbreviated
 //! renders are measured together (`render_both_300v`). The package is express 5.3.0's real
@@ -11,7 +12,7 @@ use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use engine::served::{decode_served, encode_served};
+use engine::served::{decode_doc, decode_index, encode_served, DocKind};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -22,12 +23,14 @@ fn bench_packument(c: &mut Criterion) {
     let express = benches::load_tarball("express", "5.3.0");
     let stored = benches::stored_package(&express, &benches::versions(300));
     let rendered = stored.render(BASE_URL);
-    let record = Bytes::from(encode_served(&stored, BASE_URL));
+    let encoded = encode_served(&stored, BASE_URL);
+    let record = Bytes::from(encoded.docs[DocKind::AbbreviatedGzip.index()].clone());
     eprintln!(
-        "packument 300v: full {} B, abbreviated {} B, served record {} B",
+        "packument 300v: full {} B, abbreviated {} B, abbreviated gzip value {} B, index {} B",
         rendered.full.len(),
         rendered.abbreviated.len(),
-        record.len()
+        record.len(),
+        encoded.index.len()
     );
     let output = (rendered.full.len() + rendered.abbreviated.len()) as u64;
 
@@ -45,7 +48,11 @@ fn bench_packument(c: &mut Criterion) {
     let mut group = c.benchmark_group("served");
     group.throughput(Throughput::Bytes(record.len() as u64));
     group.bench_function("decode", |b| {
-        b.iter(|| decode_served(black_box(&record).clone()).expect("record decodes"));
+        b.iter(|| decode_doc(black_box(&record).clone()).expect("document decodes"));
+    });
+    group.throughput(Throughput::Bytes(encoded.index.len() as u64));
+    group.bench_function("decode_index", |b| {
+        b.iter(|| decode_index(black_box(&encoded.index)).expect("index decodes"));
     });
     group.finish();
 }

@@ -1,8 +1,9 @@
 //! Read path: the two designs ARCHITECTURE.md compares for `GET /NAME`
 //! (`cargo bench -p benches --bench read_path`).
 //!
-//! - `read_path/mvcc_local_read`: the serving core reads the served record itself through a
-//!   redb MVCC read transaction (`ShardStore::read_served`) on the current thread.
+//! - `read_path/mvcc_local_read`: the serving core reads the gzip abbreviated document (what
+//!   pnpm and bun ask for) itself through a redb MVCC read transaction
+//!   (`ShardStore::read_doc`) on the current thread.
 //! - `read_path/owner_core_roundtrip_{idle,busy}`: the serving core sends the name over a flume
 //!   channel to the thread that owns the shard, which does the same read and replies over a
 //!   flume `bounded(1)` channel; the round trip is measured. The owner either blocks in `recv`
@@ -11,8 +12,9 @@
 //!   connections would never park while waiting.
 //!
 //! The record is call-bound's real manifest published as enough versions through
-//! `ShardStore::apply_batch` that its served record is at least 10 KiB (its tarball repacked
-//! per version, as the registry checks that they agree).
+//! `ShardStore::apply_batch` that its full document is at least 10 KiB (its tarball repacked
+//! per version, as the registry checks that they agree). Until the served values were split
+//! per representation (served format 2), these benches read the whole served record instead.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -22,7 +24,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use engine::blob::BlobStore;
 use engine::names::PackageName;
 use engine::publish::parse_publish;
-use engine::served::{encode_served, Served};
+use engine::served::{encode_served, DocKind, ServedDoc};
 use engine::shard::{ReadError, ShardId, ShardStore, WriteOp};
 use flume::{Receiver, Sender, TryRecvError};
 
@@ -32,16 +34,18 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const BASE_URL: &str = "http://x";
 const RECORD_BYTES_MIN: usize = 10 * 1024;
 
-type Reply = Result<Option<Served>, ReadError>;
+type Reply = Result<Option<ServedDoc>, ReadError>;
 
-/// Publishes call-bound until its served record reaches `RECORD_BYTES_MIN`; returns its name.
+const KIND: DocKind = DocKind::AbbreviatedGzip;
+
+/// Publishes call-bound until its full document reaches `RECORD_BYTES_MIN`; returns its name.
 fn fill(store: &ShardStore, blobs: &BlobStore) -> String {
     let tarball = benches::load_tarball("call-bound", "1.0.4");
     let mut count = 1;
     let (versions, record_len) = loop {
         let versions = benches::versions(count);
         let stored = benches::stored_package(&tarball, &versions);
-        let len = encode_served(&stored, BASE_URL).len();
+        let len = encode_served(&stored, BASE_URL).docs[DocKind::Full.index()].len();
         if len >= RECORD_BYTES_MIN {
             break (versions, len);
         }
@@ -63,7 +67,7 @@ fn fill(store: &ShardStore, blobs: &BlobStore) -> String {
         result.expect("fixture publish applies");
     }
     eprintln!(
-        "read_path: {} with {} versions, served record {record_len} B",
+        "read_path: {} with {} versions, full document {record_len} B",
         tarball.name,
         versions.len()
     );
@@ -93,7 +97,7 @@ fn spawn_owner(
                     Err(_) => break,
                 }
             };
-            if reply_tx.send(store.read_served(&name)).is_err() {
+            if reply_tx.send(store.read_doc(&name, KIND)).is_err() {
                 break;
             }
         }
@@ -119,11 +123,11 @@ fn bench_read_path(c: &mut Criterion) {
     let mut store =
         ShardStore::open(&dir.path().join("shard-0.redb"), ShardId(0), BASE_URL).expect("shard");
     let name: Arc<str> = fill(&store, &blobs).into();
-    assert!(store.read_served(&name).expect("read").is_some());
+    assert!(store.read_doc(&name, KIND).expect("read").is_some());
 
     let mut group = c.benchmark_group("read_path");
     group.bench_function("mvcc_local_read", |b| {
-        b.iter(|| store.read_served(black_box(&name)).expect("read"));
+        b.iter(|| store.read_doc(black_box(&name), KIND).expect("read"));
     });
     for (id, busy) in [
         ("owner_core_roundtrip_idle", false),

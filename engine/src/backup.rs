@@ -40,7 +40,16 @@ const MANIFEST_FORMAT: &str = "agentregistry-backup";
 const MANIFEST_FILE: &str = "backup.json";
 const MANIFEST_VERSION: u32 = 1;
 /// Tables a shard file may hold; any other table stops the backup rather than being lost.
-const SHARD_TABLES: [&str; 4] = ["packages", "served", "revs", "meta"];
+const SHARD_TABLES: [&str; 8] = [
+    "packages",
+    "served",
+    "doc_full",
+    "doc_full_gz",
+    "doc_abbr",
+    "doc_abbr_gz",
+    "revs",
+    "meta",
+];
 /// Tables `auth.redb` may hold.
 const AUTH_TABLES: [&str; 2] = ["users", "tokens"];
 
@@ -321,6 +330,11 @@ fn copy_shard(
         .map_err(|e| storage_err(target)(e.into()))?;
     let copied = copy_table(snapshot, &txn, ShardStore::TABLE_PACKAGES)
         .and_then(|()| copy_table(snapshot, &txn, ShardStore::TABLE_SERVED))
+        .and_then(|()| {
+            ShardStore::TABLE_DOCS
+                .into_iter()
+                .try_for_each(|table| copy_table(snapshot, &txn, table))
+        })
         .and_then(|()| copy_table(snapshot, &txn, ShardStore::TABLE_REVS))
         .and_then(|()| copy_table(snapshot, &txn, ShardStore::TABLE_META));
     copied.map_err(storage_err(target))?;

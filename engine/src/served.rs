@@ -1,14 +1,26 @@
-//! The served record: everything a read of one package needs, pre-rendered on write so that
+//! The served records: everything a read of one package needs, pre-rendered on write so that
 //! `GET /NAME`, the abbreviated packument and tarball lookups never parse or render.
 //!
-//! Layout (little-endian), stored as one redb value per package:
-//!   0       format u8 (= 1)
+//! A package has five served values, each in its own redb table (`shard/tables.rs`), so that
+//! a read copies only what it answers with: a cold abbreviated GET with gzip reads the ~0.5 KB
+//! gzip abbreviated document, not all four representations (~4 KB), and the pages a workload
+//! touches stay in redb's cache. Layouts (little-endian):
+//!
+//! The index (`served` table), what a tarball GET needs:
+//!   0       format u8 (= 2)
 //!   1..9    rev u64
-//!   then    base_url, etag_full, etag_abbreviated: each u32 length + bytes
-//!   then    lengths u32 x4: full, full_gzip, abbreviated, abbreviated_gzip (gzip 0 = absent)
+//!   then    base_url: u32 length + bytes
 //!   then    tarball count u32; each: file (u16 length + bytes), blob [u8; 32], size u64
-//!   then    the four bodies, back to back
-//! Decoding checks every length against the buffer: a corrupt record is an error, not a panic.
+//!
+//! One document per `DocKind` (`doc_*` tables):
+//!   0       format u8 (= 2)
+//!   1..9    rev u64
+//!   9       etag length u8, then the etag (quoted; a gzip form ends in `-gz"`)
+//!   then    the body, to the end of the value
+//!
+//! Every value carries the package's revision, so a reader that combines values read at
+//! different times can tell whether they belong together. Decoding checks every length
+//! against the buffer: a corrupt value is an error, not a panic.
 
 use std::io::Write;
 
@@ -18,18 +30,103 @@ use flate2::write::GzEncoder;
 use crate::blob::{BlobId, BLOB_ID_BYTES};
 use crate::packument::StoredPackage;
 
-const FORMAT: u8 = 1;
+/// The layout version of every served value. A shard whose `meta` records another version
+/// (or none) re-renders all of them when opened (`ShardStore::open`).
+pub const FORMAT: u8 = 2;
 /// flate2 level for pre-compressed documents (paid once per write, served many times).
 const GZIP_LEVEL: u32 = 6;
 
-/// One representation of a document: identity bytes, optional gzip bytes, and its ETag.
+/// One representation of a packument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DocKind {
+    Full,
+    FullGzip,
+    Abbreviated,
+    AbbreviatedGzip,
+}
+
+impl DocKind {
+    /// Every kind, in table order.
+    pub const ALL: [DocKind; 4] = [
+        DocKind::Full,
+        DocKind::FullGzip,
+        DocKind::Abbreviated,
+        DocKind::AbbreviatedGzip,
+    ];
+
+    /// The representation a request asks for.
+    #[must_use]
+    pub fn of(abbreviated: bool, gzip: bool) -> DocKind {
+        match (abbreviated, gzip) {
+            (false, false) => DocKind::Full,
+            (false, true) => DocKind::FullGzip,
+            (true, false) => DocKind::Abbreviated,
+            (true, true) => DocKind::AbbreviatedGzip,
+        }
+    }
+
+    /// Position in `ALL` (and in `EncodedServed::docs`).
+    #[must_use]
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// True for the gzip forms.
+    #[must_use]
+    pub fn is_gzip(self) -> bool {
+        matches!(self, DocKind::FullGzip | DocKind::AbbreviatedGzip)
+    }
+
+    /// A short name for reports.
+    #[must_use]
+    pub fn label(self) -> &'static str {
+        match self {
+            DocKind::Full => "full",
+            DocKind::FullGzip => "full gzip",
+            DocKind::Abbreviated => "abbreviated",
+            DocKind::AbbreviatedGzip => "abbreviated gzip",
+        }
+    }
+}
+
+/// One decoded document: its body and validator, at revision `rev`.
 #[derive(Clone, Debug)]
-pub struct Document {
-    /// A quoted strong validator, e.g. `"a1b2..."`; the gzip form appends `-gz` inside quotes.
+pub struct ServedDoc {
+    pub rev: u64,
+    /// A quoted strong validator, e.g. `"a1b2..."`; the gzip form is `"a1b2...-gz"`.
     pub etag: Bytes,
-    pub etag_gzip: Bytes,
-    pub identity: Bytes,
-    pub gzip: Option<Bytes>,
+    pub body: Bytes,
+}
+
+impl ServedDoc {
+    /// Bytes held (for cache accounting).
+    #[must_use]
+    pub fn weight_bytes(&self) -> usize {
+        self.body.len() + self.etag.len() + 64
+    }
+
+    /// Whether an `If-None-Match` candidate (already stripped of `W/`) names this document in
+    /// either encoding: the identity and gzip forms of one revision are the same resource.
+    #[must_use]
+    pub fn etag_matches(&self, candidate: &[u8]) -> bool {
+        let token = etag_token(&self.etag);
+        let Some(inner) = candidate
+            .strip_prefix(b"\"")
+            .and_then(|c| c.strip_suffix(b"\""))
+        else {
+            return false;
+        };
+        inner == token || inner.strip_suffix(b"-gz") == Some(token)
+    }
+}
+
+/// The validator's opaque part: no quotes, no `-gz`.
+fn etag_token(etag: &[u8]) -> &[u8] {
+    let inner = etag
+        .strip_prefix(b"\"")
+        .and_then(|e| e.strip_suffix(b"\""))
+        .unwrap_or(etag);
+    inner.strip_suffix(b"-gz").unwrap_or(inner)
 }
 
 /// A tarball of this package: file name -> blob.
@@ -40,104 +137,104 @@ pub struct ServedTarball {
     pub size: u64,
 }
 
-/// The decoded served record.
+/// The decoded index: which tarballs the package serves.
 #[derive(Clone, Debug)]
-pub struct Served {
+pub struct ServedIndex {
     pub rev: u64,
     pub base_url: Box<str>,
-    pub full: Document,
-    pub abbreviated: Document,
     pub tarballs: Vec<ServedTarball>,
 }
 
-impl Served {
+impl ServedIndex {
     /// Looks a tarball up by file name.
     #[must_use]
     pub fn tarball(&self, file: &str) -> Option<&ServedTarball> {
         self.tarballs.iter().find(|t| &*t.file == file)
     }
 
-    /// Total bytes held (for cache accounting).
+    /// Bytes held (for cache accounting).
     #[must_use]
     pub fn weight_bytes(&self) -> usize {
-        let doc = |d: &Document| d.identity.len() + d.gzip.as_ref().map_or(0, Bytes::len);
-        doc(&self.full) + doc(&self.abbreviated) + self.tarballs.len() * 64 + 256
+        self.base_url.len()
+            + self
+                .tarballs
+                .iter()
+                .map(|t| t.file.len() + 64)
+                .sum::<usize>()
+            + 64
     }
 }
 
-/// Why a served record could not be decoded.
+/// Why a served value could not be decoded.
 #[derive(Debug, thiserror::Error)]
 #[error("served record is corrupt: {detail}")]
 pub struct ServedCorrupt {
     pub detail: &'static str,
 }
 
-/// Renders `stored` for `base_url` and encodes the served record.
+/// The five encoded values of one package.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncodedServed {
+    pub index: Vec<u8>,
+    /// Indexed by `DocKind::index`.
+    pub docs: [Vec<u8>; 4],
+}
+
+/// Renders `stored` for `base_url` and encodes its served values.
 #[must_use]
-pub fn encode_served(stored: &StoredPackage, base_url: &str) -> Vec<u8> {
+pub fn encode_served(stored: &StoredPackage, base_url: &str) -> EncodedServed {
     let rendered = stored.render(base_url);
-    let full_gzip = gzip(&rendered.full);
-    let abbreviated_gzip = gzip(&rendered.abbreviated);
-    let etag_full = etag(&rendered.full);
-    let etag_abbreviated = etag(&rendered.abbreviated);
-    let bodies_len = rendered.full.len()
-        + rendered.abbreviated.len()
-        + full_gzip.as_ref().map_or(0, Vec::len)
-        + abbreviated_gzip.as_ref().map_or(0, Vec::len);
-    let mut out = Vec::with_capacity(bodies_len + 256 + stored.tarballs.len() * 80);
-    out.push(FORMAT);
-    out.extend_from_slice(&stored.rev.to_le_bytes());
-    for field in [
-        base_url.as_bytes(),
-        etag_full.as_bytes(),
-        etag_abbreviated.as_bytes(),
-    ] {
-        put_u32_bytes(&mut out, field);
-    }
-    for body in [
-        Some(&rendered.full),
-        full_gzip.as_ref(),
-        Some(&rendered.abbreviated),
-        abbreviated_gzip.as_ref(),
-    ] {
-        let len = body.map_or(0, Vec::len);
-        out.extend_from_slice(
-            &u32::try_from(len)
-                .expect("documents are bounded")
-                .to_le_bytes(),
-        );
-    }
+    let mut index = Vec::with_capacity(64 + base_url.len() + stored.tarballs.len() * 80);
+    index.push(FORMAT);
+    index.extend_from_slice(&stored.rev.to_le_bytes());
+    index.extend_from_slice(
+        &u32::try_from(base_url.len())
+            .expect("base URLs are short")
+            .to_le_bytes(),
+    );
+    index.extend_from_slice(base_url.as_bytes());
     let count = u32::try_from(stored.tarballs.len()).expect("versions are bounded");
-    out.extend_from_slice(&count.to_le_bytes());
+    index.extend_from_slice(&count.to_le_bytes());
     for tarball in stored.tarballs.values() {
         let file = tarball.file.as_bytes();
-        out.extend_from_slice(
+        index.extend_from_slice(
             &u16::try_from(file.len())
                 .expect("file names are short")
                 .to_le_bytes(),
         );
-        out.extend_from_slice(file);
+        index.extend_from_slice(file);
         let blob = tarball.blob_id().map_or([0; BLOB_ID_BYTES], |b| b.0);
-        out.extend_from_slice(&blob);
-        out.extend_from_slice(&tarball.size.to_le_bytes());
+        index.extend_from_slice(&blob);
+        index.extend_from_slice(&tarball.size.to_le_bytes());
     }
-    for body in [
-        Some(&rendered.full),
-        full_gzip.as_ref(),
-        Some(&rendered.abbreviated),
-    ] {
-        out.extend_from_slice(body.map_or(&[][..], Vec::as_slice));
+    let doc = |body: &[u8], etag: &str| {
+        let mut out = Vec::with_capacity(body.len() + 48);
+        out.push(FORMAT);
+        out.extend_from_slice(&stored.rev.to_le_bytes());
+        out.push(u8::try_from(etag.len()).expect("etags are short"));
+        out.extend_from_slice(etag.as_bytes());
+        out.extend_from_slice(body);
+        out
+    };
+    let full_etag = etag(&rendered.full);
+    let abbreviated_etag = etag(&rendered.abbreviated);
+    EncodedServed {
+        index,
+        docs: [
+            doc(&rendered.full, &full_etag),
+            doc(&gzip(&rendered.full), &gzip_etag(&full_etag)),
+            doc(&rendered.abbreviated, &abbreviated_etag),
+            doc(&gzip(&rendered.abbreviated), &gzip_etag(&abbreviated_etag)),
+        ],
     }
-    out.extend_from_slice(abbreviated_gzip.as_deref().unwrap_or_default());
-    out
 }
 
-/// Decodes a served record; the returned `Bytes` share `buf`'s allocation.
+/// Decodes an index value.
 ///
 /// # Errors
 /// `ServedCorrupt` when any length or field does not fit.
-pub fn decode_served(buf: Bytes) -> Result<Served, ServedCorrupt> {
-    let mut r = Reader { buf: &buf, at: 0 };
+pub fn decode_index(buf: &[u8]) -> Result<ServedIndex, ServedCorrupt> {
+    let mut r = Reader { buf, at: 0 };
     if r.u8()? != FORMAT {
         return Err(ServedCorrupt {
             detail: "unknown format",
@@ -149,12 +246,6 @@ pub fn decode_served(buf: Bytes) -> Result<Served, ServedCorrupt> {
             detail: "base url is not UTF-8",
         })?
         .into();
-    let etag_full = r.u32_bytes()?.to_vec();
-    let etag_abbreviated = r.u32_bytes()?.to_vec();
-    let mut lens = [0usize; 4];
-    for len in &mut lens {
-        *len = r.u32()? as usize;
-    }
     let count = r.u32()? as usize;
     let mut tarballs = Vec::with_capacity(count.min(crate::limits::VERSIONS_PER_PACKAGE_MAX));
     for _ in 0..count {
@@ -173,68 +264,65 @@ pub fn decode_served(buf: Bytes) -> Result<Served, ServedCorrupt> {
             size,
         });
     }
-    let mut bodies = [Bytes::new(), Bytes::new(), Bytes::new(), Bytes::new()];
-    for (body, len) in bodies.iter_mut().zip(lens) {
-        let start = r.at;
-        r.take(len)?;
-        *body = buf.slice(start..start + len);
-    }
     if r.at != buf.len() {
         return Err(ServedCorrupt {
             detail: "trailing bytes",
         });
     }
-    let [full, full_gzip, abbreviated, abbreviated_gzip] = bodies;
-    Ok(Served {
+    Ok(ServedIndex {
         rev,
         base_url,
-        full: document(etag_full, full, full_gzip),
-        abbreviated: document(etag_abbreviated, abbreviated, abbreviated_gzip),
         tarballs,
     })
 }
 
-fn document(etag: Vec<u8>, identity: Bytes, gzip: Bytes) -> Document {
-    let mut etag_gzip = etag.clone();
-    if etag_gzip.len() >= 2 {
-        etag_gzip.truncate(etag_gzip.len() - 1);
-        etag_gzip.extend_from_slice(b"-gz\"");
+/// Decodes a document value; the returned `Bytes` share `buf`'s allocation.
+///
+/// # Errors
+/// `ServedCorrupt` when the header does not fit or the etag is not a quoted validator.
+pub fn decode_doc(buf: Bytes) -> Result<ServedDoc, ServedCorrupt> {
+    let mut r = Reader { buf: &buf, at: 0 };
+    if r.u8()? != FORMAT {
+        return Err(ServedCorrupt {
+            detail: "unknown format",
+        });
     }
-    Document {
-        etag: Bytes::from(etag),
-        etag_gzip: Bytes::from(etag_gzip),
-        identity,
-        gzip: (!gzip.is_empty()).then_some(gzip),
+    let rev = r.u64()?;
+    let etag_len = usize::from(r.u8()?);
+    let etag_at = r.at;
+    let etag = r.take(etag_len)?;
+    if etag.len() < 2 || etag[0] != b'"' || etag[etag.len() - 1] != b'"' {
+        return Err(ServedCorrupt {
+            detail: "etag is not a quoted validator",
+        });
     }
+    let body_at = r.at;
+    Ok(ServedDoc {
+        rev,
+        etag: buf.slice(etag_at..etag_at + etag_len),
+        body: buf.slice(body_at..),
+    })
 }
 
 fn etag(bytes: &[u8]) -> String {
     format!("\"{:032x}\"", xxhash_rust::xxh3::xxh3_128(bytes))
 }
 
-fn gzip(bytes: &[u8]) -> Option<Vec<u8>> {
+fn gzip_etag(etag: &str) -> String {
+    format!("{}-gz\"", &etag[..etag.len() - 1])
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
     // Every document gets a gzip form: clients (and Verdaccio, which people compare us with)
     // expect `Content-Encoding: gzip` whenever they accept it; the cost is paid once per write.
-    if bytes.is_empty() {
-        return None;
-    }
     let mut encoder = GzEncoder::new(
-        Vec::with_capacity(bytes.len() / 4),
+        Vec::with_capacity(bytes.len() / 4 + 32),
         flate2::Compression::new(GZIP_LEVEL),
     );
     encoder
         .write_all(bytes)
         .expect("writing to a Vec cannot fail");
-    Some(encoder.finish().expect("writing to a Vec cannot fail"))
-}
-
-fn put_u32_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.extend_from_slice(
-        &u32::try_from(bytes.len())
-            .expect("field is short")
-            .to_le_bytes(),
-    );
-    out.extend_from_slice(bytes);
+    encoder.finish().expect("writing to a Vec cannot fail")
 }
 
 struct Reader<'a> {
@@ -284,21 +372,22 @@ mod tests {
     use serde_json::{json, Value};
 
     proptest::proptest! {
-        /// The fuzz target `served_record` drives the same function with libFuzzer.
+        /// The fuzz target `served_record` drives the same functions with libFuzzer.
         #[test]
         fn decode_never_panics_and_stays_in_bounds(
             bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)
         ) {
             let buf = Bytes::from(bytes);
-            if let Ok(served) = decode_served(buf.clone()) {
-                proptest::prop_assert!(served.full.identity.len() <= buf.len());
-                proptest::prop_assert!(served.abbreviated.identity.len() <= buf.len());
+            if let Ok(doc) = decode_doc(buf.clone()) {
+                proptest::prop_assert!(doc.body.len() + doc.etag.len() <= buf.len());
+            }
+            if let Ok(index) = decode_index(&buf) {
+                proptest::prop_assert!(index.tarballs.len() * BLOB_ID_BYTES <= buf.len());
             }
         }
     }
 
-    #[test]
-    fn round_trip_and_truncation_detected() {
+    fn sample() -> StoredPackage {
         let Value::Object(doc) = json!({"name": "a", "versions": {}, "readme": "x".repeat(5000)})
         else {
             unreachable!()
@@ -316,18 +405,66 @@ mod tests {
                 size: 1,
             },
         );
+        stored
+    }
+
+    #[test]
+    fn round_trip_and_truncation_detected() {
+        let stored = sample();
         let encoded = encode_served(&stored, "http://h");
-        let served = decode_served(Bytes::from(encoded.clone())).unwrap();
-        assert_eq!(served.rev, 7);
-        assert_eq!(&*served.base_url, "http://h");
-        assert!(served.full.gzip.is_some());
-        assert_ne!(served.full.etag, served.abbreviated.etag);
-        assert_eq!(
-            served.tarball("a-1.0.0.tgz").unwrap().blob,
-            BlobId::of(b"x")
-        );
-        for cut in 0..encoded.len() {
-            assert!(decode_served(Bytes::copy_from_slice(&encoded[..cut])).is_err());
+        let index = decode_index(&encoded.index).unwrap();
+        assert_eq!(index.rev, 7);
+        assert_eq!(&*index.base_url, "http://h");
+        assert_eq!(index.tarball("a-1.0.0.tgz").unwrap().blob, BlobId::of(b"x"));
+        for cut in 0..encoded.index.len() {
+            assert!(decode_index(&encoded.index[..cut]).is_err());
         }
+        let rendered = stored.render("http://h");
+        let docs: Vec<ServedDoc> = encoded
+            .docs
+            .iter()
+            .map(|d| decode_doc(Bytes::from(d.clone())).unwrap())
+            .collect();
+        assert!(docs.iter().all(|d| d.rev == 7));
+        assert_eq!(docs[DocKind::Full.index()].body, rendered.full);
+        assert_eq!(
+            docs[DocKind::Abbreviated.index()].body,
+            rendered.abbreviated
+        );
+        let unzipped = |d: &ServedDoc| {
+            let mut out = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&d.body[..]), &mut out)
+                .unwrap();
+            out
+        };
+        assert_eq!(unzipped(&docs[DocKind::FullGzip.index()]), rendered.full);
+        assert_eq!(
+            unzipped(&docs[DocKind::AbbreviatedGzip.index()]),
+            rendered.abbreviated
+        );
+        assert_ne!(docs[0].etag, docs[2].etag);
+        for cut in 0..10 + docs[0].etag.len() {
+            assert!(decode_doc(Bytes::copy_from_slice(&encoded.docs[0][..cut])).is_err());
+        }
+    }
+
+    #[test]
+    fn both_encodings_share_a_validator() {
+        let encoded = encode_served(&sample(), "http://h");
+        let identity = decode_doc(Bytes::from(encoded.docs[0].clone())).unwrap();
+        let gzip = decode_doc(Bytes::from(encoded.docs[1].clone())).unwrap();
+        assert!(gzip.etag.ends_with(b"-gz\""));
+        assert_eq!(
+            gzip.etag[..gzip.etag.len() - 4],
+            identity.etag[..identity.etag.len() - 1]
+        );
+        for doc in [&identity, &gzip] {
+            assert!(doc.etag_matches(&identity.etag));
+            assert!(doc.etag_matches(&gzip.etag));
+            assert!(!doc.etag_matches(b"\"other\""));
+            assert!(!doc.etag_matches(&identity.etag[1..]));
+        }
+        let abbreviated = decode_doc(Bytes::from(encoded.docs[2].clone())).unwrap();
+        assert!(!abbreviated.etag_matches(&identity.etag));
     }
 }

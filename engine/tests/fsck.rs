@@ -26,6 +26,7 @@ use engine::fsck::{self, FindingKind, FsckError, Report};
 use engine::integrity;
 use engine::names::{PackageName, Version};
 use engine::publish::{NewVersion, PublishRequest};
+use engine::served::DocKind;
 use engine::shard::{shard_for, ShardId, ShardStore, WriteOp};
 use redb::{ReadableTable, TableDefinition};
 use serde_json::{json, Value};
@@ -34,6 +35,8 @@ const BASE: &str = "http://127.0.0.1:4873";
 const SHARDS: u16 = 2;
 const PACKAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("packages");
 const SERVED: TableDefinition<&str, &[u8]> = TableDefinition::new("served");
+const DOC_ABBR_GZ: TableDefinition<&str, &[u8]> = TableDefinition::new("doc_abbr_gz");
+const DOC_FULL: TableDefinition<&str, &[u8]> = TableDefinition::new("doc_full");
 const REVS: TableDefinition<&str, u64> = TableDefinition::new("revs");
 
 fn tarball(name: &str) -> Vec<u8> {
@@ -107,9 +110,10 @@ impl Open {
         let mut out = BTreeMap::new();
         for shard in &self.shards {
             for name in shard.read_names().unwrap() {
-                let served = shard.read_served(&name).unwrap().unwrap();
-                let tarball = self.blobs.read(&served.tarballs[0].blob).unwrap();
-                out.insert(name, (served.full.identity.to_vec(), tarball));
+                let index = shard.read_index(&name).unwrap().unwrap();
+                let full = shard.read_doc(&name, DocKind::Full).unwrap().unwrap();
+                let tarball = self.blobs.read(&index.tarballs[0].blob).unwrap();
+                out.insert(name, (full.body.to_vec(), tarball));
             }
         }
         out
@@ -318,7 +322,7 @@ fn every_kind_is_detected_and_only_safe_ones_are_repaired() {
 
     let open = Open::new(&home);
     let garbage = open.shards[usize::from(shard_for("garbage", SHARDS).0)]
-        .read_served("garbage")
+        .read_index("garbage")
         .unwrap()
         .unwrap();
     // A repaired record gets a new revision, so cores that cached the bad one reload it.
@@ -334,25 +338,70 @@ fn online_repair_rerenders_served_records() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
     let open = Open::new(&home);
-    open.publish(&["a", "b"]);
+    open.publish(&["a", "b", "c", "d"]);
+    let good = open.contents();
     drop(open);
+    // A junk index, a missing document, a document of another package, an orphan document.
     edit_shard(&home, "a", |txn| {
         txn.open_table(SERVED)
             .unwrap()
             .insert("a", &b"junk"[..])
             .unwrap();
     });
+    edit_shard(&home, "b", |txn| {
+        txn.open_table(DOC_ABBR_GZ).unwrap().remove("b").unwrap();
+    });
+    let d_full = {
+        let open = Open::new(&home);
+        let shard = &open.shards[usize::from(shard_for("d", SHARDS).0)];
+        let doc = shard.read_doc("d", DocKind::Full).unwrap().unwrap();
+        let mut value = vec![2u8];
+        value.extend_from_slice(&doc.rev.to_le_bytes());
+        value.push(u8::try_from(doc.etag.len()).unwrap());
+        value.extend_from_slice(&doc.etag);
+        value.extend_from_slice(&doc.body);
+        value
+    };
+    edit_shard(&home, "c", |txn| {
+        txn.open_table(DOC_FULL)
+            .unwrap()
+            .insert("c", d_full.as_slice())
+            .unwrap();
+    });
+    edit_shard(&home, "nobody", |txn| {
+        txn.open_table(DOC_FULL)
+            .unwrap()
+            .insert("nobody", d_full.as_slice())
+            .unwrap();
+    });
     let open = Open::new(&home);
     let report = open.check(true);
     assert_eq!(
         kinds(&report),
-        [(FindingKind::StaleServed, 1)].into(),
+        [(FindingKind::StaleServed, 4)].into(),
         "{}",
         report.render_text()
     );
-    assert!(report.findings[0].repaired.is_some());
+    assert!(report.findings.iter().all(|f| f.repaired.is_some()));
     assert!(open.check(false).is_clean());
-    assert!(open.contents().contains_key("a"));
+    // Repaired packages get a new revision (so `_rev` in their documents changes); their
+    // tarballs do not.
+    let repaired = open.contents();
+    assert_eq!(
+        repaired.iter().map(|(k, v)| (k, &v.1)).collect::<Vec<_>>(),
+        good.iter().map(|(k, v)| (k, &v.1)).collect::<Vec<_>>()
+    );
+    let shard = &open.shards[usize::from(shard_for("nobody", SHARDS).0)];
+    assert!(shard.read_doc("nobody", DocKind::Full).unwrap().is_none());
+    for name in ["a", "b", "c", "d"] {
+        let shard = &open.shards[usize::from(shard_for(name, SHARDS).0)];
+        for kind in DocKind::ALL {
+            assert!(
+                shard.read_doc(name, kind).unwrap().is_some(),
+                "{name} {kind:?}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -11,6 +11,7 @@ use engine::blob::{BlobId, BlobStore};
 use engine::integrity;
 use engine::names::{DistTag, PackageName, Version};
 use engine::publish::{NewVersion, PublishError, PublishRequest};
+use engine::served::DocKind;
 use engine::shard::{ShardId, ShardStore, WriteError, WriteOp, WriteOutcome};
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -73,8 +74,8 @@ impl Fixture {
     }
 
     fn full(&self, name: &str) -> Value {
-        let served = self.store.read_served(name).unwrap().unwrap();
-        serde_json::from_slice(&served.full.identity).unwrap()
+        let doc = self.store.read_doc(name, DocKind::Full).unwrap().unwrap();
+        serde_json::from_slice(&doc.body).unwrap()
     }
 }
 
@@ -96,7 +97,7 @@ fn publish_read_reopen() {
         full["versions"]["1.0.0"]["dist"]["integrity"],
         integrity::compute(b"one").integrity
     );
-    let scoped = f.store.read_served("@s/b").unwrap().unwrap();
+    let scoped = f.store.read_index("@s/b").unwrap().unwrap();
     let tarball = scoped.tarball("b-2.0.0.tgz").unwrap();
     assert_eq!(f.blobs.read(&tarball.blob).unwrap(), b"two");
     let f = f.reopen(BASE);
@@ -127,7 +128,7 @@ fn same_version_in_one_batch_first_wins_and_retries_are_idempotent() {
         retry[0],
         Ok(WriteOutcome::Published { changed: false, .. })
     ));
-    let served = f.store.read_served("a").unwrap().unwrap();
+    let served = f.store.read_index("a").unwrap().unwrap();
     assert_eq!(
         f.blobs
             .read(&served.tarball("a-1.0.0.tgz").unwrap().blob)
@@ -140,7 +141,7 @@ fn same_version_in_one_batch_first_wins_and_retries_are_idempotent() {
 fn refused_ops_leave_no_trace() {
     let f = Fixture::new();
     f.apply(vec![publish("a", "1.0.0", b"x")]);
-    let before = f.store.read_served("a").unwrap().unwrap();
+    let before = f.store.read_doc("a", DocKind::Full).unwrap().unwrap();
     let other = WriteOp::Publish {
         request: request("a", "1.1.0", b"y"),
         user: "eve".into(),
@@ -150,8 +151,8 @@ fn refused_ops_leave_no_trace() {
         results[0],
         Err(WriteError::Refused(PublishError::NotMaintainer { .. }))
     ));
-    let after = f.store.read_served("a").unwrap().unwrap();
-    assert_eq!(before.full.identity, after.full.identity);
+    let after = f.store.read_doc("a", DocKind::Full).unwrap().unwrap();
+    assert_eq!(before.body, after.body);
     assert_eq!(before.rev, after.rev);
     assert!(!f.blobs.has(&BlobId::of(b"y")));
 }
@@ -196,6 +197,55 @@ fn dist_tags_and_base_url_change() {
         full["versions"]["1.1.0"]["dist"]["tarball"],
         "http://localhost:9999/a/-/a-1.1.0.tgz"
     );
+}
+
+/// A shard written by a build with another served layout (here: the format byte in `meta`
+/// missing, an old-style value in `served`, no document tables) is re-rendered when opened.
+#[test]
+fn older_served_format_is_rerendered_on_open() {
+    let f = Fixture::new();
+    f.apply(vec![
+        publish("a", "1.0.0", b"x"),
+        publish("b", "1.0.0", b"y"),
+    ]);
+    let want_full = f.full("a");
+    let want_index = f.store.read_index("b").unwrap().unwrap();
+    let Fixture { dir, store, blobs } = f;
+    drop(store);
+    {
+        let db = redb::Database::open(dir.path().join("s.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn
+                .open_table(redb::TableDefinition::<&str, &[u8]>::new("meta"))
+                .unwrap();
+            meta.remove("served_format").unwrap();
+            let mut served = txn
+                .open_table(redb::TableDefinition::<&str, &[u8]>::new("served"))
+                .unwrap();
+            served.insert("a", &b"\x01old layout"[..]).unwrap();
+            served.insert("gone", &b"\x01old layout"[..]).unwrap();
+        }
+        for table in ["doc_full", "doc_full_gz", "doc_abbr", "doc_abbr_gz"] {
+            txn.delete_table(redb::TableDefinition::<&str, &[u8]>::new(table))
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let store = ShardStore::open(&dir.path().join("s.redb"), ShardId(0), BASE).unwrap();
+    let f = Fixture { dir, store, blobs };
+    assert_eq!(f.full("a"), want_full);
+    for name in ["a", "b"] {
+        for kind in DocKind::ALL {
+            assert!(
+                f.store.read_doc(name, kind).unwrap().is_some(),
+                "{name} {kind:?}"
+            );
+        }
+    }
+    let index = f.store.read_index("b").unwrap().unwrap();
+    assert_eq!(index.tarballs, want_index.tarballs);
+    assert!(f.store.read_index("gone").unwrap().is_none());
 }
 
 #[derive(Clone, Debug)]
@@ -313,7 +363,7 @@ fn apply_model(model: &mut BTreeMap<String, ModelPackage>, op: &ModelOp) -> bool
 fn observe(f: &Fixture) -> BTreeMap<String, ModelPackage> {
     let mut out = BTreeMap::new();
     for name in f.store.read_names().unwrap() {
-        let served = f.store.read_served(&name).unwrap().unwrap();
+        let served = f.store.read_index(&name).unwrap().unwrap();
         let stored = f.store.read_stored(&name).unwrap().unwrap();
         let mut versions = BTreeMap::new();
         let keys: BTreeSet<String> = stored.versions().unwrap().keys().cloned().collect();

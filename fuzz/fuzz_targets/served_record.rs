@@ -1,21 +1,19 @@
-//! Fuzz target: `engine::served::decode_served` on arbitrary bytes (a served record read back
-//! from a shard file). Never panics; an accepted record's bodies lie inside the input.
+//! Fuzz target: `engine::served::decode_doc` and `decode_index` on arbitrary bytes (served
+//! values read back from a shard file). Never panics; an accepted document's etag and body lie
+//! inside the input, and an accepted index names no more tarballs than the input could hold.
 #![no_main]
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 
 fn check(data: &[u8]) {
-    if let Ok(served) = engine::served::decode_served(Bytes::copy_from_slice(data)) {
-        let bodies = served.full.identity.len()
-            + served.full.gzip.as_ref().map_or(0, Bytes::len)
-            + served.abbreviated.identity.len()
-            + served.abbreviated.gzip.as_ref().map_or(0, Bytes::len);
-        assert!(
-            bodies <= data.len(),
-            "bodies of {bodies} bytes in {} bytes",
-            data.len()
-        );
+    if let Ok(doc) = engine::served::decode_doc(Bytes::copy_from_slice(data)) {
+        let held = doc.etag.len() + doc.body.len();
+        assert!(held <= data.len(), "{held} bytes in {} bytes", data.len());
+    }
+    if let Ok(index) = engine::served::decode_index(data) {
+        let least = index.tarballs.len() * 42;
+        assert!(least <= data.len(), "{least} bytes of tarballs in {}", data.len());
     }
 }
 

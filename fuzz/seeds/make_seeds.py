@@ -3,8 +3,8 @@
 
 Seeds are small valid inputs, so the fuzzer starts past the first checks: npm's request
 heads, chunked bodies, publish bodies for the package `a` (the name publish_body fixes),
-routes, names, a config slot (with its crc32c), a served record (layout in
-engine/src/served.rs), and tarballs (the three smallest of the shared corpus, when it is
+routes, names, a config slot (with its crc32c), served values (an index and two documents,
+layouts in engine/src/served.rs), and tarballs (the three smallest of the shared corpus, when it is
 beside the repository, plus hand-made ones: GNU and PAX long names, an old top-level
 directory name, edge cases). Output is deterministic; rerun after a format change.
 """
@@ -116,23 +116,26 @@ put("config_record", "legacy", slot(0, 0xDEADBEEF, 0b11011, 2, 50, 132, 7))
 put("config_record", "fields", bytes([1, 1, 24, 80]) + struct.pack("<IIQ", 7, 2, 9))
 
 
-def served():
-    full = json.dumps({"name": "a", "versions": {"1.0.0": {"name": "a"}}}).encode() * 40
-    full_gz = gzip.compress(full, mtime=0)
-    abbr = b'{"name":"a","versions":{}}'
-    out = bytearray([1]) + struct.pack("<Q", 3)
-    for field in [b"http://127.0.0.1:4873", b'"0123456789abcdef0123456789abcdef"',
-                  b'"fedcba9876543210fedcba9876543210"']:
-        out += struct.pack("<I", len(field)) + field
-    out += struct.pack("<IIII", len(full), len(full_gz), len(abbr), 0)
+def served_index():
+    out = bytearray([2]) + struct.pack("<Q", 3)
+    base = b"http://127.0.0.1:4873"
+    out += struct.pack("<I", len(base)) + base
     tarballs = [(b"a-1.0.0.tgz", bytes(range(32)), 1234), (b"a-2.0.0.tgz", bytes(32), 5)]
     out += struct.pack("<I", len(tarballs))
     for file, blob, size in tarballs:
         out += struct.pack("<H", len(file)) + file + blob + struct.pack("<Q", size)
-    return bytes(out + full + full_gz + abbr)
+    return bytes(out)
 
 
-put("served_record", "two_tarballs", served())
+def served_doc(body, etag):
+    return bytes([2]) + struct.pack("<Q", 3) + bytes([len(etag)]) + etag + body
+
+
+FULL = json.dumps({"name": "a", "versions": {"1.0.0": {"name": "a"}}}).encode() * 40
+put("served_record", "index_two_tarballs", served_index())
+put("served_record", "doc_full", served_doc(FULL, b'"0123456789abcdef0123456789abcdef"'))
+put("served_record", "doc_full_gz",
+    served_doc(gzip.compress(FULL, mtime=0), b'"0123456789abcdef0123456789abcdef-gz"'))
 
 
 def tar_bytes(files, fmt=tarfile.USTAR_FORMAT):

@@ -1,30 +1,74 @@
 //! Per-core caches (owned by one core, `!Send`, no locks).
 //!
-//! `PackageCache`: name -> decoded served record. A hit is valid while the shard's commit
-//! generation is unchanged; after any commit to the shard, an entry is revalidated by reading
-//! the package's revision (a few bytes) and reloaded only when it changed.
+//! `PackageCache`: name -> the served values read so far (each document kind and the tarball
+//! index are loaded on first use, alone: a core serving abbreviated gzip documents holds only
+//! those). A value is valid while the shard's commit generation is unchanged; after any commit
+//! to the shard it is revalidated by reading the package's revision (a few bytes) and reloaded
+//! only when that changed. When full, a quarter of the entries is evicted (in hash order,
+//! which is unrelated to use, so this is random eviction: the cache stays 3/4 to fully used).
 //! `TarballCache`: blob id -> bytes. Blobs are immutable, so entries never go stale; bytes are
-//! verified against their blake3 name when loaded.
-//! Both are bounded in bytes; when full they are cleared (simple, and a refill is cheap).
+//! verified against their blake3 name when loaded. When full it is cleared.
 
 use std::collections::HashMap;
 use std::rc::Rc;
 
 use bytes::Bytes;
 use engine::blob::{BlobError, BlobId, BlobStore};
-use engine::served::Served;
+use engine::served::{DocKind, ServedDoc, ServedIndex};
 use engine::shard::{ReadError, ShardStore};
 
 use crate::limits::{
     PACKAGE_CACHE_BYTES_MAX, TARBALL_CACHE_BYTES_MAX, TARBALL_CACHE_ENTRY_BYTES_MAX,
 };
 
-struct Entry {
-    served: Rc<Served>,
+/// Key, map node and `Entry` overhead charged per package.
+const ENTRY_OVERHEAD_BYTES: usize = 192;
+
+struct Slot<T> {
+    value: Rc<T>,
+    rev: u64,
     generation: u64,
+    weight: usize,
 }
 
-/// Cached served records of one core.
+#[derive(Default)]
+struct Entry {
+    docs: [Option<Slot<ServedDoc>>; 4],
+    index: Option<Slot<ServedIndex>>,
+}
+
+impl Entry {
+    fn weight(&self) -> usize {
+        let docs: usize = self.docs.iter().flatten().map(|s| s.weight).sum();
+        docs + self.index.as_ref().map_or(0, |s| s.weight)
+    }
+}
+
+/// A served value the cache holds, and where in an `Entry`.
+trait Cached: Sized {
+    fn slot(entry: &mut Entry, kind: usize) -> &mut Option<Slot<Self>>;
+    fn rev_and_weight(&self) -> (u64, usize);
+}
+
+impl Cached for ServedDoc {
+    fn slot(entry: &mut Entry, kind: usize) -> &mut Option<Slot<Self>> {
+        &mut entry.docs[kind]
+    }
+    fn rev_and_weight(&self) -> (u64, usize) {
+        (self.rev, self.weight_bytes())
+    }
+}
+
+impl Cached for ServedIndex {
+    fn slot(entry: &mut Entry, _: usize) -> &mut Option<Slot<Self>> {
+        &mut entry.index
+    }
+    fn rev_and_weight(&self) -> (u64, usize) {
+        (self.rev, self.weight_bytes())
+    }
+}
+
+/// Cached served values of one core.
 #[derive(Default)]
 pub struct PackageCache {
     entries: HashMap<Box<str>, Entry>,
@@ -38,52 +82,112 @@ pub struct PackageCache {
 }
 
 impl PackageCache {
-    /// The served record of `name`, from cache when still valid.
+    /// Document `kind` of `name`, from cache when still valid.
     ///
     /// # Errors
     /// Storage errors from the shard.
-    pub fn get(&mut self, shard: &ShardStore, name: &str) -> Result<Option<Rc<Served>>, ReadError> {
+    pub fn doc(
+        &mut self,
+        shard: &ShardStore,
+        name: &str,
+        kind: DocKind,
+    ) -> Result<Option<Rc<ServedDoc>>, ReadError> {
+        self.lookup(shard, name, kind.index(), || shard.read_doc(name, kind))
+    }
+
+    /// The tarball index of `name`, from cache when still valid.
+    ///
+    /// # Errors
+    /// Storage errors from the shard.
+    pub fn index(
+        &mut self,
+        shard: &ShardStore,
+        name: &str,
+    ) -> Result<Option<Rc<ServedIndex>>, ReadError> {
+        self.lookup(shard, name, 0, || shard.read_index(name))
+    }
+
+    fn lookup<T: Cached>(
+        &mut self,
+        shard: &ShardStore,
+        name: &str,
+        kind: usize,
+        load: impl FnOnce() -> Result<Option<T>, ReadError>,
+    ) -> Result<Option<Rc<T>>, ReadError> {
         // Read the generation before the data: a commit racing with this read bumps it, so
-        // the next request revalidates instead of trusting a possibly older record.
+        // the next request revalidates instead of trusting a possibly older value.
         let generation = shard.generation();
-        if let Some(entry) = self.entries.get_mut(name) {
-            if entry.generation == generation {
+        if let Some(slot) = self
+            .entries
+            .get_mut(name)
+            .and_then(|e| T::slot(e, kind).as_mut())
+        {
+            if slot.generation == generation {
                 self.hits += 1;
-                return Ok(Some(Rc::clone(&entry.served)));
+                return Ok(Some(Rc::clone(&slot.value)));
             }
-            if shard.read_rev(name)? == Some(entry.served.rev) {
-                entry.generation = generation;
+            if shard.read_rev(name)? == Some(slot.rev) {
+                slot.generation = generation;
                 self.revalidations += 1;
-                return Ok(Some(Rc::clone(&entry.served)));
+                return Ok(Some(Rc::clone(&slot.value)));
             }
         }
-        let Some(served) = shard.read_served(name)? else {
+        let Some(value) = load()? else {
             if let Some(old) = self.entries.remove(name) {
-                self.bytes -= old.served.weight_bytes();
+                self.bytes -= old.weight() + ENTRY_OVERHEAD_BYTES;
             }
             return Ok(None);
         };
         self.loads += 1;
-        let served = Rc::new(served);
-        let weight = served.weight_bytes();
-        if weight <= PACKAGE_CACHE_BYTES_MAX / 4 {
-            if self.bytes + weight > PACKAGE_CACHE_BYTES_MAX {
-                self.entries.clear();
-                self.bytes = 0;
-            }
-            let old = self.entries.insert(
-                name.into(),
-                Entry {
-                    served: Rc::clone(&served),
-                    generation,
-                },
-            );
-            self.bytes += weight;
-            if let Some(old) = old {
-                self.bytes -= old.served.weight_bytes();
-            }
+        let value = Rc::new(value);
+        let (rev, weight) = value.rev_and_weight();
+        if weight > PACKAGE_CACHE_BYTES_MAX / 4 {
+            return Ok(Some(value));
         }
-        Ok(Some(served))
+        if self.bytes + weight + ENTRY_OVERHEAD_BYTES > PACKAGE_CACHE_BYTES_MAX {
+            self.evict();
+        }
+        let entry = match self.entries.get_mut(name) {
+            Some(entry) => entry,
+            None => {
+                self.bytes += ENTRY_OVERHEAD_BYTES;
+                self.entries.entry(name.into()).or_default()
+            }
+        };
+        let slot = T::slot(entry, kind);
+        if let Some(old) = slot.take() {
+            self.bytes -= old.weight;
+        }
+        // Values of another revision in the entry are left alone: each slot is checked
+        // against the revision on its own next use.
+        *slot = Some(Slot {
+            value: Rc::clone(&value),
+            rev,
+            generation,
+            weight,
+        });
+        self.bytes += weight;
+        Ok(Some(value))
+    }
+
+    /// Drops entries until at most 3/4 of the budget is used.
+    fn evict(&mut self) {
+        let target = PACKAGE_CACHE_BYTES_MAX / 4 * 3;
+        let mut bytes = self.bytes;
+        self.entries.retain(|_, entry| {
+            if bytes <= target {
+                return true;
+            }
+            bytes -= entry.weight() + ENTRY_OVERHEAD_BYTES;
+            false
+        });
+        self.bytes = bytes;
+    }
+
+    /// Bytes charged to the cache (for tests and metrics).
+    #[must_use]
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 }
 
@@ -133,27 +237,24 @@ pub struct RebasedCache {
 }
 
 impl RebasedCache {
-    /// `document` (rendered for `from_base`) with its tarball URLs re-pointed at `to_base`.
+    /// `document` (an identity document rendered for `from_base`) with its tarball URLs
+    /// re-pointed at `to_base`.
     pub fn get(
         &mut self,
         name: &str,
-        served: &Served,
+        document: &ServedDoc,
         abbreviated: bool,
+        from_base: &str,
         to_base: &str,
     ) -> Rc<Rebased> {
         let key = (to_base.into(), name.into(), abbreviated);
         if let Some(hit) = self.entries.get(&key) {
-            if hit.rev == served.rev {
+            if hit.rev == document.rev {
                 return Rc::clone(hit);
             }
         }
-        let document = if abbreviated {
-            &served.abbreviated
-        } else {
-            &served.full
-        };
-        let text = String::from_utf8_lossy(&document.identity);
-        let from = format!("\"tarball\":\"{}/", served.base_url);
+        let text = String::from_utf8_lossy(&document.body);
+        let from = format!("\"tarball\":\"{from_base}/");
         let to = format!("\"tarball\":\"{to_base}/");
         let body = Bytes::from(text.replace(&from, &to));
         let tag = xxhash_rust::xxh3::xxh3_64(to_base.as_bytes());
@@ -161,7 +262,7 @@ impl RebasedCache {
         let mut etag = inner.to_vec();
         etag.extend_from_slice(format!("-h{tag:016x}\"").as_bytes());
         let rebased = Rc::new(Rebased {
-            rev: served.rev,
+            rev: document.rev,
             etag: Bytes::from(etag),
             body,
         });

@@ -5,13 +5,13 @@ use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::path::PathBuf;
 
-use bytes::Bytes;
 use redb::{Database, ReadableTable};
 
 use super::{Ctx, Report, Scan};
 use crate::blob::BlobId;
 use crate::packument::StoredPackage;
-use crate::served::{decode_served, encode_served};
+use crate::served::{decode_index, encode_served};
+use crate::shard::tables::ServedTables;
 use crate::shard::ShardStore;
 
 /// Re-renders served records and rebuilds revs, one write transaction per shard. Each package
@@ -56,7 +56,7 @@ fn rewrite_served<'n>(
     let mut done = Vec::new();
     {
         let mut packages = txn.open_table(ShardStore::TABLE_PACKAGES)?;
-        let mut served = txn.open_table(ShardStore::TABLE_SERVED)?;
+        let mut served = ServedTables::open(&txn)?;
         let mut revs = txn.open_table(ShardStore::TABLE_REVS)?;
         let mut packages_out = Vec::new();
         for name in names {
@@ -73,8 +73,7 @@ fn rewrite_served<'n>(
                     // revalidating it by an unchanged revision.
                     stored.rev += 1;
                     packages_out.push((name.clone(), stored.encode()));
-                    let record = encode_served(&stored, base_url);
-                    served.insert(name.as_str(), record.as_slice())?;
+                    served.put(name.as_str(), &encode_served(&stored, base_url))?;
                     revs.insert(name.as_str(), stored.rev)?;
                     done.push((name.clone(), "re-rendered from the package record"));
                 }
@@ -204,7 +203,7 @@ pub(crate) fn collect_references(
     for entry in served.iter()? {
         let (_, value) = entry?;
         // A served record that does not decode names nothing that can be served.
-        if let Ok(decoded) = decode_served(Bytes::copy_from_slice(value.value())) {
+        if let Ok(decoded) = decode_index(value.value()) {
             out.extend(decoded.tarballs.iter().map(|t| t.blob));
         }
     }

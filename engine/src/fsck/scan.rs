@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 
-use bytes::Bytes;
 use redb::{ReadableDatabase, ReadableTable};
 use serde_json::Value;
 
@@ -20,7 +19,7 @@ use super::{Ctx, Expect, FindingKind, Phase, Progress, Report, Scan, ShardView, 
 use crate::blob::{BlobError, BlobId, BlobStore};
 use crate::integrity;
 use crate::packument::StoredPackage;
-use crate::served::{decode_served, encode_served};
+use crate::served::{decode_index, encode_served, DocKind};
 use crate::shard::ShardStore;
 
 /// Threads that read and hash blobs in parallel.
@@ -73,6 +72,15 @@ fn scan_shard(
     let txn = shard.db.begin_read()?;
     let packages = txn.open_table(ShardStore::TABLE_PACKAGES)?;
     let served = txn.open_table(ShardStore::TABLE_SERVED)?;
+    let mut docs = Vec::with_capacity(ShardStore::TABLE_DOCS.len());
+    for table in ShardStore::TABLE_DOCS {
+        docs.push(match txn.open_table(table) {
+            Ok(table) => Some(table),
+            // A shard not yet opened by this version: every document is reported missing.
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(e.into()),
+        });
+    }
     let revs = txn.open_table(ShardStore::TABLE_REVS)?;
     let mut names = BTreeSet::new();
     for entry in packages.iter()? {
@@ -92,9 +100,17 @@ fn scan_shard(
                 continue;
             }
         };
-        let served_bytes = served.get(name.as_str())?.map(|v| v.value().to_vec());
+        let mut values = ServedValues {
+            index: served.get(name.as_str())?.map(|v| v.value().to_vec()),
+            docs: Default::default(),
+        };
+        for (slot, table) in values.docs.iter_mut().zip(&docs) {
+            if let Some(table) = table {
+                *slot = table.get(name.as_str())?.map(|v| v.value().to_vec());
+            }
+        }
         let rev = revs.get(name.as_str())?.map(|v| v.value());
-        let found = check_package(shard, &name, &stored, served_bytes, rev, scan, report);
+        let found = check_package(shard, &name, &stored, &values, rev, scan, report);
         if !found.is_empty() {
             fixes.insert(name.clone(), found);
         }
@@ -110,6 +126,18 @@ fn scan_shard(
             fixes.entry(name.to_owned()).or_default().push(i);
         }
     }
+    for (kind, table) in DocKind::ALL.into_iter().zip(&docs) {
+        let Some(table) = table else { continue };
+        for entry in table.iter()? {
+            let (key, _) = entry?;
+            let name = key.value();
+            if !names.contains(name) {
+                let detail = format!("a served {} document with no package", kind.label());
+                let i = report.push(StaleServed, name, detail);
+                fixes.entry(name.to_owned()).or_default().push(i);
+            }
+        }
+    }
     for entry in revs.iter()? {
         let (key, _) = entry?;
         let name = key.value();
@@ -121,13 +149,19 @@ fn scan_shard(
     Ok(())
 }
 
-/// Checks one decoded package against its served record and rev; returns the indices of the
+/// One package's served values as stored: the index and the documents by `DocKind::index`.
+struct ServedValues {
+    index: Option<Vec<u8>>,
+    docs: [Option<Vec<u8>>; 4],
+}
+
+/// Checks one decoded package against its served values and rev; returns the indices of the
 /// findings a re-render fixes.
 fn check_package(
     shard: &ShardView<'_>,
     name: &str,
     stored: &StoredPackage,
-    served: Option<Vec<u8>>,
+    served: &ServedValues,
     rev: Option<u64>,
     scan: &mut Scan,
     report: &mut Report,
@@ -136,12 +170,14 @@ fn check_package(
     check_tarball_index(name, stored, scan, report);
     let live = stored.versions().is_some_and(|v| !v.is_empty());
     if !live {
-        if let Some(bytes) = served {
-            note_served_refs(name, &bytes, scan);
+        if let Some(bytes) = &served.index {
+            note_served_refs(name, bytes, scan);
+        }
+        if served.index.is_some() || served.docs.iter().any(Option::is_some) {
             fixable.push(report.push(
                 StaleServed,
                 name,
-                "every version is unpublished, but a served record remains".into(),
+                "every version is unpublished, but served values remain".into(),
             ));
         }
         if rev.is_some() {
@@ -150,8 +186,8 @@ fn check_package(
         }
         return fixable;
     }
-    if let Some(detail) = served_problem(shard, stored, served.as_deref()) {
-        if let Some(bytes) = &served {
+    if let Some(detail) = served_problem(shard, stored, served) {
+        if let Some(bytes) = &served.index {
             note_served_refs(name, bytes, scan);
         }
         fixable.push(report.push(StaleServed, name, detail));
@@ -163,16 +199,16 @@ fn check_package(
     fixable
 }
 
-/// Why the served record is not what rendering `stored` gives, if it is not.
+/// Why the served values are not what rendering `stored` gives, if they are not.
 fn served_problem(
     shard: &ShardView<'_>,
     stored: &StoredPackage,
-    served: Option<&[u8]>,
+    served: &ServedValues,
 ) -> Option<String> {
-    let Some(bytes) = served else {
+    let Some(bytes) = &served.index else {
         return Some("the served record is missing".into());
     };
-    let decoded = match decode_served(Bytes::copy_from_slice(bytes)) {
+    let decoded = match decode_index(bytes) {
         Ok(decoded) => decoded,
         Err(e) => return Some(format!("the served record is garbage: {e}")),
     };
@@ -189,8 +225,21 @@ fn served_problem(
             decoded.base_url
         ));
     }
-    if encode_served(stored, base_url) != bytes {
+    let fresh = encode_served(stored, base_url);
+    if &fresh.index != bytes {
         return Some("the served record differs from a fresh rendering of the package".into());
+    }
+    for kind in DocKind::ALL {
+        match &served.docs[kind.index()] {
+            None => return Some(format!("the served {} document is missing", kind.label())),
+            Some(doc) if *doc != fresh.docs[kind.index()] => {
+                return Some(format!(
+                    "the served {} document differs from a fresh rendering of the package",
+                    kind.label()
+                ))
+            }
+            Some(_) => {}
+        }
     }
     None
 }
@@ -198,7 +247,7 @@ fn served_problem(
 /// Blobs a (stale) served record names are served today: check them too, and never call them
 /// orphans.
 fn note_served_refs(name: &str, bytes: &[u8], scan: &mut Scan) {
-    if let Ok(served) = decode_served(Bytes::copy_from_slice(bytes)) {
+    if let Ok(served) = decode_index(bytes) {
         for t in served.tarballs {
             scan.refs.entry(t.blob).or_default().push(Expect {
                 who: format!("{name} (served record, {})", t.file),

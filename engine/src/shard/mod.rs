@@ -4,7 +4,7 @@
 //! every package. `shard_for` is the only router.
 
 mod store;
-mod tables;
+pub(crate) mod tables;
 
 pub use store::{ReadError, ShardStore, WriteError, WriteOp, WriteOutcome};
 

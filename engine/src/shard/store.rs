@@ -14,13 +14,18 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::tables::{META, META_BASE_URL, PACKAGES, REVS, SERVED};
+use super::tables::{
+    ServedTables, DOCS, META, META_BASE_URL, META_SERVED_FORMAT, PACKAGES, REVS, SERVED,
+};
 use super::ShardId;
 use crate::blob::{BlobError, BlobId, BlobStore};
 use crate::names::{DistTag, PackageName, Version};
 use crate::packument::StoredPackage;
 use crate::publish::{self, Plan, PublishError, PublishRequest};
-use crate::served::{decode_served, encode_served, Served};
+use crate::served::{
+    decode_doc, decode_index, encode_served, DocKind, EncodedServed, ServedDoc, ServedIndex,
+    FORMAT as SERVED_FORMAT,
+};
 use crate::update::{self, UpdateRequest};
 
 /// Page cache per shard. redb fills it lazily; the bound keeps RSS predictable.
@@ -209,8 +214,10 @@ impl ShardStore {
     /// The `packages` table, for fsck and backup inside the engine (`tables.rs`).
     pub(crate) const TABLE_PACKAGES: TableDefinition<'static, &'static str, &'static [u8]> =
         PACKAGES;
-    /// The `served` table, for fsck and backup inside the engine.
+    /// The `served` table (indexes), for fsck and backup inside the engine.
     pub(crate) const TABLE_SERVED: TableDefinition<'static, &'static str, &'static [u8]> = SERVED;
+    /// The document tables, indexed by `DocKind::index`, for fsck and backup.
+    pub(crate) const TABLE_DOCS: [TableDefinition<'static, &'static str, &'static [u8]>; 4] = DOCS;
     /// The `revs` table, for fsck and backup inside the engine.
     pub(crate) const TABLE_REVS: TableDefinition<'static, &'static str, u64> = REVS;
     /// The `meta` table, for fsck and backup inside the engine.
@@ -246,31 +253,53 @@ impl ShardStore {
 
     fn prepare(&self, base_url: &str) -> Result<(), redb::Error> {
         let txn = self.db.begin_write()?;
-        let stale = {
+        let (url_stale, format_stale) = {
             let mut meta = txn.open_table(META)?;
             txn.open_table(PACKAGES)?;
-            txn.open_table(SERVED)?;
             txn.open_table(REVS)?;
             let stored_url = meta.get(META_BASE_URL)?.map(|v| v.value().to_vec());
-            let stale = stored_url.as_deref() != Some(base_url.as_bytes());
-            if stale {
+            let url_stale = stored_url.as_deref() != Some(base_url.as_bytes());
+            if url_stale {
                 meta.insert(META_BASE_URL, base_url.as_bytes())?;
             }
-            stale
+            let format = meta.get(META_SERVED_FORMAT)?.map(|v| v.value().to_vec());
+            let format_stale = format.as_deref() != Some(&[SERVED_FORMAT][..]);
+            if format_stale {
+                meta.insert(META_SERVED_FORMAT, &[SERVED_FORMAT][..])?;
+            }
+            (url_stale, format_stale)
         };
-        if stale {
-            let packages = txn.open_table(PACKAGES)?;
-            let mut served = txn.open_table(SERVED)?;
+        if format_stale {
+            // Values in an older layout are dropped whole; every live package is rendered
+            // again below.
+            txn.delete_table(SERVED)?;
+            for table in DOCS {
+                txn.delete_table(table)?;
+            }
+        }
+        let packages = txn.open_table(PACKAGES)?;
+        let mut served = ServedTables::open(&txn)?;
+        if url_stale || format_stale {
+            let mut rendered = 0u64;
             for entry in packages.iter()? {
                 let (name, bytes) = entry?;
                 let live = StoredPackage::decode(bytes.value())
                     .ok()
                     .filter(|s| s.versions().is_some_and(|v| !v.is_empty()));
                 if let Some(stored) = live {
-                    served.insert(name.value(), encode_served(&stored, base_url).as_slice())?;
+                    served.put(name.value(), &encode_served(&stored, base_url))?;
+                    rendered += 1;
                 }
             }
+            if rendered > 0 {
+                tracing::info!(
+                    shard.id = self.id.0,
+                    packages = rendered,
+                    "re-rendered served documents (new base URL or served format)"
+                );
+            }
         }
+        drop((packages, served));
         txn.commit()?;
         Ok(())
     }
@@ -324,18 +353,37 @@ impl ShardStore {
         Ok(rev.map(|v| v.value()))
     }
 
-    /// The served record (one copy out of redb into a shared buffer).
+    /// One pre-rendered document of the package (one copy out of redb into a shared buffer).
     ///
     /// # Errors
-    /// redb errors, or a corrupt record.
-    pub fn read_served(&self, name: &str) -> Result<Option<Served>, ReadError> {
+    /// redb errors, or a corrupt value.
+    pub fn read_doc(&self, name: &str, kind: DocKind) -> Result<Option<ServedDoc>, ReadError> {
+        let txn = self.db.begin_read().map_err(|e| self.read_error(e))?;
+        let table = txn
+            .open_table(DOCS[kind.index()])
+            .map_err(|e| self.read_error(e))?;
+        let Some(value) = table.get(name).map_err(|e| self.read_error(e))? else {
+            return Ok(None);
+        };
+        decode_doc(Bytes::copy_from_slice(value.value()))
+            .map(Some)
+            .map_err(|e| ReadError::Corrupt {
+                name: name.to_owned(),
+                detail: format!("{} document: {e}", kind.label()),
+            })
+    }
+
+    /// The package's served index: its revision and tarballs.
+    ///
+    /// # Errors
+    /// redb errors, or a corrupt value.
+    pub fn read_index(&self, name: &str) -> Result<Option<ServedIndex>, ReadError> {
         let txn = self.db.begin_read().map_err(|e| self.read_error(e))?;
         let table = txn.open_table(SERVED).map_err(|e| self.read_error(e))?;
         let Some(value) = table.get(name).map_err(|e| self.read_error(e))? else {
             return Ok(None);
         };
-        let buf = Bytes::copy_from_slice(value.value());
-        decode_served(buf)
+        decode_index(value.value())
             .map(Some)
             .map_err(|e| ReadError::Corrupt {
                 name: name.to_owned(),
@@ -723,8 +771,8 @@ fn read_in_txn(
 struct EncodedPackage {
     name: String,
     record: Vec<u8>,
-    /// The served record, or None for a tombstone (every version unpublished).
-    served: Option<(Vec<u8>, u64)>,
+    /// The served values, or None for a tombstone (every version unpublished).
+    served: Option<(EncodedServed, u64)>,
 }
 
 fn encode_touched(touched: &HashMap<String, StoredPackage>, base_url: &str) -> Vec<EncodedPackage> {
@@ -746,13 +794,13 @@ fn write_encoded(
     encoded: &[EncodedPackage],
 ) -> Result<(), redb::Error> {
     let mut packages = txn.open_table(PACKAGES)?;
-    let mut served = txn.open_table(SERVED)?;
+    let mut served = ServedTables::open(txn)?;
     let mut revs = txn.open_table(REVS)?;
     for package in encoded {
         let name = package.name.as_str();
         packages.insert(name, package.record.as_slice())?;
-        if let Some((record, rev)) = &package.served {
-            served.insert(name, record.as_slice())?;
+        if let Some((values, rev)) = &package.served {
+            served.put(name, values)?;
             revs.insert(name, *rev)?;
         } else {
             // A tombstone: reads answer 404, history stays.

@@ -124,7 +124,7 @@ pub fn resolve(route: Route, head: &RequestHead<'_>, core: &Core) -> Route {
 
 fn package_exists(name: &str, core: &Core) -> bool {
     let shard = core.shared.shard(name);
-    !matches!(core.packages.borrow_mut().get(shard, name), Ok(None))
+    !matches!(core.packages.borrow_mut().index(shard, name), Ok(None))
 }
 
 fn package_name(raw: &str) -> Result<PackageName, ApiError> {

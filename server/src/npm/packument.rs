@@ -3,6 +3,7 @@
 //! `Accept`, answer 304 when the client sent a matching validator, gzip when accepted.
 
 use engine::names::{DistTag, PackageName, Version};
+use engine::served::DocKind;
 
 use crate::api_error::ApiError;
 use crate::cores::Core;
@@ -15,21 +16,25 @@ pub(super) fn full_or_abbreviated(
     core: &Core,
 ) -> Result<Reply, ApiError> {
     let shard = core.shared.shard(name.as_str());
-    let served = core.packages.borrow_mut().get(shard, name.as_str())?;
-    let served = served.ok_or_else(|| not_found(name))?;
     let content_type = if head.accept_abbreviated {
         ABBREVIATED_JSON
     } else {
         JSON
     };
     if let Some(base) = core.shared.rebase_for(head.host) {
-        let rebased =
-            core.rebased
-                .borrow_mut()
-                .get(name.as_str(), &served, head.accept_abbreviated, &base);
+        let kind = DocKind::of(head.accept_abbreviated, false);
+        let document = core.packages.borrow_mut().doc(shard, name.as_str(), kind)?;
+        let document = document.ok_or_else(|| not_found(name))?;
+        let rebased = core.rebased.borrow_mut().get(
+            name.as_str(),
+            &document,
+            head.accept_abbreviated,
+            shard.base_url(),
+            &base,
+        );
         if head
             .if_none_match
-            .is_some_and(|v| matches_any(v, &rebased.etag))
+            .is_some_and(|v| matches_any(v, |c| c == &rebased.etag[..]))
         {
             return Ok(Reply::not_modified(rebased.etag.clone(), true));
         }
@@ -39,32 +44,22 @@ pub(super) fn full_or_abbreviated(
         reply.etag = Some(rebased.etag.clone());
         return Ok(reply);
     }
-    let (document, content_type) = if head.accept_abbreviated {
-        (&served.abbreviated, ABBREVIATED_JSON)
-    } else {
-        (&served.full, JSON)
-    };
-    if let Some(validators) = head.if_none_match {
-        if matches_any(validators, &document.etag) || matches_any(validators, &document.etag_gzip) {
-            let etag = if head.accept_gzip && document.gzip.is_some() {
-                document.etag_gzip.clone()
-            } else {
-                document.etag.clone()
-            };
-            return Ok(Reply::not_modified(etag, true));
-        }
+    // One lookup: the representation this client takes. Both encodings of a revision share
+    // one validator, so a client that switches encodings still gets its 304.
+    let kind = DocKind::of(head.accept_abbreviated, head.accept_gzip);
+    let document = core.packages.borrow_mut().doc(shard, name.as_str(), kind)?;
+    let document = document.ok_or_else(|| not_found(name))?;
+    if head
+        .if_none_match
+        .is_some_and(|v| matches_any(v, |c| document.etag_matches(c)))
+    {
+        return Ok(Reply::not_modified(document.etag.clone(), true));
     }
-    let mut reply = Reply::json(200, document.identity.clone());
+    let mut reply = Reply::json(200, document.body.clone());
     reply.content_type = content_type;
     reply.vary_accept = true;
     reply.etag = Some(document.etag.clone());
-    if head.accept_gzip {
-        if let Some(gzip) = &document.gzip {
-            reply.body = gzip.clone();
-            reply.gzip = true;
-            reply.etag = Some(document.etag_gzip.clone());
-        }
-    }
+    reply.gzip = kind.is_gzip();
     Ok(reply)
 }
 
@@ -108,11 +103,11 @@ pub(super) fn not_found(name: &PackageName) -> ApiError {
 
 /// `If-None-Match` is a list of validators or `*`; weak prefixes compare equal (RFC 9110's
 /// weak comparison, which is what a GET may use).
-fn matches_any(header: &[u8], etag: &[u8]) -> bool {
+fn matches_any(header: &[u8], matches: impl Fn(&[u8]) -> bool) -> bool {
     header.split(|&b| b == b',').any(|candidate| {
         let candidate = candidate.trim_ascii();
         let candidate = candidate.strip_prefix(b"W/").unwrap_or(candidate);
-        candidate == b"*" || candidate == etag
+        candidate == b"*" || matches(candidate)
     })
 }
 
@@ -122,10 +117,11 @@ mod tests {
 
     #[test]
     fn validator_lists() {
-        assert!(matches_any(b"\"a\"", b"\"a\""));
-        assert!(matches_any(b"\"x\", W/\"a\"", b"\"a\""));
-        assert!(matches_any(b"*", b"\"a\""));
-        assert!(!matches_any(b"\"b\"", b"\"a\""));
-        assert!(!matches_any(b"", b"\"a\""));
+        let is_a = |c: &[u8]| c == b"\"a\"";
+        assert!(matches_any(b"\"a\"", is_a));
+        assert!(matches_any(b"\"x\", W/\"a\"", is_a));
+        assert!(matches_any(b"*", is_a));
+        assert!(!matches_any(b"\"b\"", is_a));
+        assert!(!matches_any(b"", is_a));
     }
 }

@@ -10,9 +10,9 @@ use crate::http::respond::{Reply, OCTET_STREAM};
 
 pub(super) fn get(name: &PackageName, file: &str, core: &Core) -> Result<Reply, ApiError> {
     let shard = core.shared.shard(name.as_str());
-    let served = core.packages.borrow_mut().get(shard, name.as_str())?;
-    let served = served.ok_or_else(|| super::packument::not_found(name))?;
-    let tarball = served
+    let index = core.packages.borrow_mut().index(shard, name.as_str())?;
+    let index = index.ok_or_else(|| super::packument::not_found(name))?;
+    let tarball = index
         .tarball(file)
         .ok_or_else(|| ApiError::not_found(format!("tarball {file:?} of {name} not found")))?;
     let bytes = core
