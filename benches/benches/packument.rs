@@ -45,6 +45,15 @@ fn bench_packument(c: &mut Criterion) {
     });
     group.finish();
 
+    // A first publish, as in a publish storm: the documents are small, so the fixed cost of
+    // setting up two gzip streams counts.
+    let single = benches::stored_package(&express, &benches::versions(1));
+    let mut group = c.benchmark_group("packument");
+    group.bench_function("encode_served_1v", |b| {
+        b.iter(|| encode_served(black_box(&single), BASE_URL));
+    });
+    group.finish();
+
     let mut group = c.benchmark_group("served");
     group.throughput(Throughput::Bytes(record.len() as u64));
     group.bench_function("decode", |b| {

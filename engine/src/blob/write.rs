@@ -9,6 +9,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 static TEMP_SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
@@ -95,32 +96,23 @@ pub(crate) fn write_batch_durable(
             Err(e) => results[i] = Err(e),
         }
     }
-    let dirs: Vec<PathBuf> = dirs.into_iter().collect();
-    let mut syncs: Vec<SyncTarget<'_>> = files
-        .iter()
-        .flatten()
+    let file_count = files.iter().flatten().count();
+    let syncs: Vec<SyncTarget> = files
+        .iter_mut()
+        .filter_map(Option::take)
         .map(SyncTarget::File)
-        .chain(dirs.iter().map(|d| SyncTarget::Dir(d)))
+        .chain(dirs.iter().cloned().map(SyncTarget::Dir))
         .collect();
-    let synced = parallel(&syncs, |sync| match sync {
-        SyncTarget::File(file) => file.sync_all(),
-        SyncTarget::Dir(dir) => sync_dir(dir),
-    });
-    let mut failed_dirs: Vec<(&Path, io::Error)> = Vec::new();
-    let mut file_results = Vec::new();
-    for (sync, result) in syncs.drain(..).zip(synced) {
-        match sync {
-            SyncTarget::File(_) => file_results.push(result),
-            SyncTarget::Dir(dir) => {
-                if let Err(e) = result {
-                    failed_dirs.push((dir, e));
-                }
-            }
-        }
-    }
+    let mut synced = sync_all(syncs).into_iter();
+    let file_results: Vec<io::Result<()>> = synced.by_ref().take(file_count).collect();
+    let failed_dirs: Vec<(&PathBuf, io::Error)> = dirs
+        .iter()
+        .zip(synced)
+        .filter_map(|(dir, result)| result.err().map(|e| (dir, e)))
+        .collect();
     let mut file_results = file_results.into_iter();
     for (i, item) in items.iter().enumerate() {
-        if files[i].is_none() {
+        if results[i].is_err() {
             continue;
         }
         if let Some(Err(e)) = file_results.next() {
@@ -136,9 +128,85 @@ pub(crate) fn write_batch_durable(
     results
 }
 
-enum SyncTarget<'a> {
-    File(&'a File),
-    Dir(&'a Path),
+/// Something the sync round makes durable.
+enum SyncTarget {
+    File(File),
+    Dir(PathBuf),
+}
+
+impl SyncTarget {
+    fn sync(&self) -> io::Result<()> {
+        match self {
+            SyncTarget::File(file) => file.sync_all(),
+            SyncTarget::Dir(dir) => sync_dir(dir),
+        }
+    }
+}
+
+struct SyncJob {
+    target: SyncTarget,
+    index: usize,
+    reply: flume::Sender<(usize, io::Result<()>)>,
+}
+
+/// The process's sync threads: `BLOB_WRITE_THREADS_MAX` long-lived threads that take fsyncs
+/// from one queue. Spawning threads per batch cost about a tenth of the server's CPU in a
+/// publish storm (clone, stack setup, TLB shootdowns on exit). None when no thread could be
+/// started; syncs then run on the caller's thread.
+fn sync_pool() -> Option<&'static flume::Sender<SyncJob>> {
+    static POOL: OnceLock<Option<flume::Sender<SyncJob>>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let (tx, rx) = flume::unbounded::<SyncJob>();
+        let mut started = 0;
+        for k in 0..crate::limits::BLOB_WRITE_THREADS_MAX {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("blob-sync-{k}"))
+                .spawn(move || {
+                    for job in rx.iter() {
+                        let result = job.target.sync();
+                        // The batch stopped waiting only if its thread died; nothing to do.
+                        let _ = job.reply.send((job.index, result));
+                    }
+                });
+            match spawned {
+                Ok(_) => started += 1,
+                Err(e) => tracing::warn!(error = %e, "could not start a blob sync thread"),
+            }
+        }
+        (started > 0).then_some(tx)
+    })
+    .as_ref()
+}
+
+/// Syncs every target, concurrently on the sync threads, and returns the results in order.
+fn sync_all(targets: Vec<SyncTarget>) -> Vec<io::Result<()>> {
+    let count = targets.len();
+    let Some(pool) = sync_pool().filter(|_| count > 1) else {
+        return targets.iter().map(SyncTarget::sync).collect();
+    };
+    let (reply, replies) = flume::bounded(count);
+    let mut slots: Vec<Option<io::Result<()>>> = Vec::new();
+    slots.resize_with(count, || None);
+    for (index, target) in targets.into_iter().enumerate() {
+        let job = SyncJob {
+            target,
+            index,
+            reply: reply.clone(),
+        };
+        if let Err(flume::SendError(job)) = pool.send(job) {
+            slots[index] = Some(job.target.sync());
+        }
+    }
+    drop(reply);
+    // Ends when every job replied, or when the last sender is gone (a thread died with it).
+    for (index, result) in replies.iter() {
+        slots[index] = Some(result);
+    }
+    slots
+        .into_iter()
+        .map(|slot| slot.unwrap_or_else(|| Err(io::Error::other("blob sync thread died"))))
+        .collect()
 }
 
 /// Writes `bytes` to a new file that appears at `final_path` complete or not at all, without
@@ -223,48 +291,6 @@ fn create_dirs_deferred(dir: &Path, to_sync: &mut BTreeSet<PathBuf>) -> io::Resu
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(e),
     }
-}
-
-/// Runs `f` over `items` on up to `BLOB_WRITE_THREADS_MAX` threads (the caller's included),
-/// returning the results in order. A panic in `f` is reported as an error for its items.
-fn parallel<T: Sync, F>(items: &[T], f: F) -> Vec<io::Result<()>>
-where
-    F: Fn(&T) -> io::Result<()> + Sync,
-{
-    let threads = items.len().min(crate::limits::BLOB_WRITE_THREADS_MAX);
-    if threads <= 1 {
-        return items.iter().map(&f).collect();
-    }
-    let mut slots: Vec<Option<io::Result<()>>> = Vec::new();
-    slots.resize_with(items.len(), || None);
-    std::thread::scope(|scope| {
-        let f = &f;
-        // Thread k takes items k, k + threads, ...
-        let workers: Vec<_> = (1..threads)
-            .map(|k| {
-                scope.spawn(move || {
-                    (k..items.len())
-                        .step_by(threads)
-                        .map(|i| (i, f(&items[i])))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        for i in (0..items.len()).step_by(threads) {
-            slots[i] = Some(f(&items[i]));
-        }
-        for worker in workers {
-            if let Ok(done) = worker.join() {
-                for (i, result) in done {
-                    slots[i] = Some(result);
-                }
-            }
-        }
-    });
-    slots
-        .into_iter()
-        .map(|slot| slot.unwrap_or_else(|| Err(io::Error::other("blob writer thread panicked"))))
-        .collect()
 }
 
 /// fsyncs a directory so that a rename or create inside it is durable.

@@ -631,23 +631,28 @@ impl ShardStore {
             .iter()
             .map(|(id, bytes)| (*id, bytes.as_slice()))
             .collect();
-        let (blob_results, mut encoded) = std::thread::scope(|scope| {
-            let writing = scope.spawn(|| blobs.write_all(&items));
-            let encoded = encode_touched(&touched, &self.base_url);
-            let blob_results = writing.join().unwrap_or_else(|_| {
-                items
-                    .iter()
-                    .map(|(id, _)| {
-                        Err(BlobError::Io {
-                            op: "write",
-                            path: blobs.path_of(id),
-                            source: std::io::Error::other("blob writer thread panicked"),
+        let (blob_results, mut encoded) = if items.is_empty() {
+            // Prepared publishes and metadata changes: no thread to start and join.
+            (Vec::new(), encode_touched(&touched, &self.base_url))
+        } else {
+            std::thread::scope(|scope| {
+                let writing = scope.spawn(|| blobs.write_all(&items));
+                let encoded = encode_touched(&touched, &self.base_url);
+                let blob_results = writing.join().unwrap_or_else(|_| {
+                    items
+                        .iter()
+                        .map(|(id, _)| {
+                            Err(BlobError::Io {
+                                op: "write",
+                                path: blobs.path_of(id),
+                                source: std::io::Error::other("blob writer thread panicked"),
+                            })
                         })
-                    })
-                    .collect()
-            });
-            (blob_results, encoded)
-        });
+                        .collect()
+                });
+                (blob_results, encoded)
+            })
+        };
         let failed: HashMap<BlobId, BlobError> = items
             .iter()
             .zip(blob_results)
