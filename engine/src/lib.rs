@@ -8,8 +8,8 @@
 //! tarball is read, never unpacked, by `tarball::inspect`), sends it to the shard's writer,
 //! which calls `ShardStore::apply_batch`: plan each op
 //! (`publish::plan_*`, pure), write blobs durably, store the package and its pre-rendered
-//! served record (`served`), commit once for the batch.
-//! Read path: `ShardStore::read_served` returns pre-rendered documents; nothing is parsed or
+//! served values (`served`), commit once for the batch.
+//! Read path: `ShardStore::read_doc` returns one pre-rendered document; nothing is parsed or
 //! rendered per request.
 
 pub mod auth;

@@ -314,25 +314,28 @@ mod tests {
 
     #[test]
     fn login_creates_then_checks_password() {
+        // A space cannot occur in a PHC string (base64 fields), so the last check cannot
+        // pass or fail by chance; "pw" once appeared in a random salt.
+        const PASSWORD: &str = "open sesame";
         let dir = tempfile::tempdir().unwrap();
         let store = AuthStore::open(&dir.path().join("auth.redb")).unwrap();
         assert!(matches!(
-            login(&store, "ada", "pw", None, false),
+            login(&store, "ada", PASSWORD, None, false),
             Err(LoginError::RegistrationClosed)
         ));
-        let token = login(&store, "ada", "pw", None, true).unwrap();
+        let token = login(&store, "ada", PASSWORD, None, true).unwrap();
         assert!(token.starts_with(TOKEN_PREFIX));
         assert_eq!(
             store.read_token(&token_hash(&token)).unwrap().unwrap().user,
             "ada"
         );
-        assert!(login(&store, "ada", "pw", None, false).is_ok());
+        assert!(login(&store, "ada", PASSWORD, None, false).is_ok());
         assert!(matches!(
             login(&store, "ada", "wrong", None, true),
             Err(LoginError::BadCredentials)
         ));
         let phc = store.read_user("ada").unwrap().unwrap().password_phc;
         assert!(phc.starts_with("$argon2id$"), "{phc}");
-        assert!(!phc.contains("pw"));
+        assert!(!phc.contains(PASSWORD));
     }
 }
