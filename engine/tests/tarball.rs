@@ -123,23 +123,9 @@ fn err(tar: &[u8]) -> TarballError {
     run(tar).expect_err("the tarball must be refused")
 }
 
-/// The fuzz target's body: `inspect` under the default limits and tight ones never panics, and
-/// whatever it accepts fits the limits it was given.
-fn check(data: &[u8]) {
-    let tight = TarballLimits {
-        unpacked_bytes_max: 64 * 1024,
-        entry_count_max: 16,
-        package_json_bytes_max: 1024,
-        extension_bytes_max: 1024,
-    };
-    for limits in [TarballLimits::DEFAULT, tight] {
-        if let Ok(summary) = inspect(data, &limits) {
-            assert!(summary.unpacked_size <= limits.unpacked_bytes_max);
-            assert!(summary.file_count <= limits.entry_count_max);
-            assert!(summary.package_json.len() as u64 <= limits.package_json_bytes_max);
-        }
-    }
-}
+#[path = "common/tarball_check.rs"]
+mod tarball_check;
+use tarball_check::check;
 
 #[test]
 fn valid_tarball_is_summarized() {
