@@ -100,6 +100,10 @@ pub(crate) struct GenOpts {
     /// Publish storm: distinct packages the new versions are spread over.
     #[arg(long, default_value_t = 2000)]
     pub(crate) publish_packages: usize,
+    /// Publish storm: requests built before the clock starts, per second of the run (the
+    /// rest are built while the run goes on, which costs load-generator CPU).
+    #[arg(long, default_value_t = 3000)]
+    pub(crate) publish_prepared_per_second: usize,
     /// Per-request timeout in seconds (counted as a socket error).
     #[arg(long, default_value_t = 20)]
     pub(crate) timeout: u64,
@@ -279,7 +283,8 @@ pub(crate) fn run(ctx: &RunCtx<'_>, spec: &Spec) -> Result<Row> {
             &ctx.target.authority,
             token,
             gen.publish_packages,
-        )))
+            prepared_publishes(spec, gen.publish_prepared_per_second),
+        )?))
     } else {
         let requests = requests_for(spec.workload, ctx.target, ctx.set);
         anyhow::ensure!(!requests.is_empty(), "no packages to request");
@@ -417,4 +422,14 @@ pub(crate) fn writer_metrics(target: &Target) -> Option<WriterMetrics> {
         .unwrap_or(0.0)
             * 1e3,
     })
+}
+
+/// How many publish requests to build before a storm starts: enough for `per_second` over the
+/// run, never more than the run's request budget, and at most 100,000 (about 300 MB).
+fn prepared_publishes(spec: &Spec, per_second: usize) -> usize {
+    let by_time = (spec.seconds.max(0.0) * per_second as f64).ceil() as usize;
+    let by_budget = spec
+        .max_requests
+        .map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
+    by_time.min(by_budget).min(100_000)
 }

@@ -67,6 +67,7 @@ pub struct BlobStore {
     root: PathBuf,
     tmp: PathBuf,
     stats: BlobStats,
+    durable_dirs: write::DurableDirs,
 }
 
 /// Count and bytes of stored blobs, for metrics. Files this process creates are counted as
@@ -107,6 +108,7 @@ impl BlobStore {
             root: root.to_path_buf(),
             tmp,
             stats,
+            durable_dirs: write::DurableDirs::new(),
         })
     }
 
@@ -124,6 +126,7 @@ impl BlobStore {
                 bytes: AtomicU64::new(0),
                 scanned: AtomicBool::new(false),
             },
+            durable_dirs: write::DurableDirs::new(),
         }
     }
 
@@ -273,11 +276,12 @@ impl BlobStore {
                 }
                 write::BatchItem {
                     path,
+                    leaf: u16::from_be_bytes([id.0[0], id.0[1]]),
                     bytes: (!intact).then_some(*bytes),
                 }
             })
             .collect();
-        let written = write::write_batch_durable(&self.tmp, &batch);
+        let written = write::write_batch_durable(&self.tmp, &batch, &self.durable_dirs);
         written
             .into_iter()
             .zip(batch)
@@ -396,6 +400,31 @@ mod tests {
             store.read(&missing),
             Err(BlobError::NotFound { .. })
         ));
+    }
+
+    /// A batch marks the fan-out directories it synced as durable (later batches then sync
+    /// only the directory a new blob is linked in); a store attached or opened afresh knows
+    /// none, so the first batch in a process syncs the whole path again.
+    #[test]
+    fn write_all_learns_which_fan_out_directories_are_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let bytes = b"first".to_vec();
+        let id = BlobId::of(&bytes);
+        let leaf = u16::from_be_bytes([id.0[0], id.0[1]]);
+        assert!(!store.durable_dirs.leaf_known(leaf));
+        assert!(!store.durable_dirs.middle_known(leaf));
+        let results = store.write_all(&[(id, &bytes[..])]);
+        assert!(results.iter().all(Result::is_ok));
+        assert!(store.durable_dirs.leaf_known(leaf));
+        assert!(store.durable_dirs.middle_known(leaf));
+        // Another leaf in the same middle directory is not known yet; its middle is.
+        let sibling = leaf ^ 1;
+        assert!(!store.durable_dirs.leaf_known(sibling));
+        assert!(store.durable_dirs.middle_known(sibling));
+        assert_eq!(store.read(&id).unwrap(), bytes);
+        let reopened = BlobStore::open(dir.path()).unwrap();
+        assert!(!reopened.durable_dirs.leaf_known(leaf));
     }
 
     #[test]

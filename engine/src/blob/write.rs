@@ -41,9 +41,70 @@ fn write_then_rename(tmp_path: &Path, final_path: &Path, bytes: &[u8]) -> io::Re
     sync_dir(parent)
 }
 
+/// Which fan-out directories of one store are known, in this process, to have a durable
+/// entry in their parent: set once a sync of the parent succeeded after the directory
+/// existed. A batch then syncs only the directory that receives the new link, not the whole
+/// path to the root: every fsync flushes the device cache on ext4, clean directory or not, and
+/// the two ancestors were a third of a publish storm's syncs.
+///
+/// Indexed by the blob id's first two bytes (`ab/cd` is leaf `0xabcd` in middle `0xab`), so
+/// it costs 8 KiB per store whatever the store holds.
+pub(crate) struct DurableDirs {
+    leaves: Box<[AtomicU64]>,
+    middles: [AtomicU64; 4],
+}
+
+impl DurableDirs {
+    pub(crate) fn new() -> DurableDirs {
+        DurableDirs {
+            leaves: (0..1024).map(|_| AtomicU64::new(0)).collect(),
+            middles: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    fn bit(words: &[AtomicU64], k: usize) -> (&AtomicU64, u64) {
+        (&words[k / 64], 1 << (k % 64))
+    }
+
+    pub(super) fn leaf_known(&self, leaf: u16) -> bool {
+        let (word, mask) = Self::bit(&self.leaves, usize::from(leaf));
+        word.load(Ordering::Acquire) & mask != 0
+    }
+
+    pub(super) fn middle_known(&self, leaf: u16) -> bool {
+        let (word, mask) = Self::bit(&self.middles, usize::from(leaf >> 8));
+        word.load(Ordering::Acquire) & mask != 0
+    }
+
+    /// After a successful sync of everything on the way to leaf `leaf`.
+    fn mark(&self, leaf: u16) {
+        let (word, mask) = Self::bit(&self.leaves, usize::from(leaf));
+        word.fetch_or(mask, Ordering::AcqRel);
+        let (word, mask) = Self::bit(&self.middles, usize::from(leaf >> 8));
+        word.fetch_or(mask, Ordering::AcqRel);
+    }
+}
+
+impl std::fmt::Debug for DurableDirs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let count = |words: &[AtomicU64]| -> u32 {
+            words
+                .iter()
+                .map(|w| w.load(Ordering::Relaxed).count_ones())
+                .sum()
+        };
+        f.debug_struct("DurableDirs")
+            .field("leaves", &count(&self.leaves))
+            .field("middles", &count(&self.middles))
+            .finish()
+    }
+}
+
 /// One blob of a batch for `write_batch_durable`.
 pub(crate) struct BatchItem<'a> {
     pub(crate) path: PathBuf,
+    /// The fan-out leaf `path` is in (the id's first two bytes), for `DurableDirs`.
+    pub(crate) leaf: u16,
     /// The bytes to store, or None when the file at `path` was just verified to hold them
     /// (it is then only synced: it may have been renamed into place by a concurrent batch
     /// whose syncs have not finished).
@@ -54,9 +115,9 @@ pub(crate) struct BatchItem<'a> {
 /// whole batch instead of two sequential fsyncs per file:
 /// 1. missing fan-out directories are created;
 /// 2. each new blob is written to a temp file and renamed into place, without syncing;
-/// 3. every file and every directory on the way to it is fsynced, from up to
-///    `BLOB_WRITE_THREADS_MAX` threads at once (the file system folds concurrent syncs
-///    into shared journal commits).
+/// 3. every file and the directory it is linked in are fsynced, and so is each directory on
+///    the way to it that this batch created or that `durable` does not know to be durable,
+///    from up to `BLOB_WRITE_THREADS_MAX` threads at once.
 ///
 /// An item is reported Ok only after all three succeeded for it. A crash before step 3 ends
 /// can leave a file under its final name with incomplete content; nothing references it (the
@@ -66,6 +127,7 @@ pub(crate) struct BatchItem<'a> {
 pub(crate) fn write_batch_durable(
     tmp_dir: &Path,
     items: &[BatchItem<'_>],
+    durable: &DurableDirs,
 ) -> Vec<Result<(), (&'static str, io::Error)>> {
     let mut results: Vec<Result<(), (&'static str, io::Error)>> =
         items.iter().map(|_| Ok(())).collect();
@@ -76,9 +138,21 @@ pub(crate) fn write_batch_durable(
             continue;
         };
         match create_dirs_deferred(dir, &mut dirs) {
-            // The fan-out directories too, even when they already existed: another writer
-            // may have created one and not synced it yet. Syncing a clean one is cheap.
-            Ok(()) => dirs.extend(dir.ancestors().take(3).map(Path::to_path_buf)),
+            Ok(()) => {
+                // The leaf receives the new link. Its parent and the root, even when they
+                // already existed, unless known durable: another writer may have created
+                // one and not synced it yet.
+                let mut ancestors = dir.ancestors().map(Path::to_path_buf);
+                dirs.extend(ancestors.next());
+                let middle = ancestors.next();
+                let root = ancestors.next();
+                if !durable.leaf_known(item.leaf) {
+                    dirs.extend(middle);
+                }
+                if !durable.middle_known(item.leaf) {
+                    dirs.extend(root);
+                }
+            }
             Err(e) => results[i] = Err(("create", e)),
         }
     }
@@ -123,6 +197,8 @@ pub(crate) fn write_batch_durable(
         {
             // Not durable under its name while a directory on the way did not sync.
             results[i] = Err(("fsync", io::Error::new(e.kind(), e.to_string())));
+        } else {
+            durable.mark(item.leaf);
         }
     }
     results
