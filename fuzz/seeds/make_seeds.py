@@ -116,8 +116,11 @@ put("config_record", "legacy", slot(0, 0xDEADBEEF, 0b11011, 2, 50, 132, 7))
 put("config_record", "fields", bytes([1, 1, 24, 80]) + struct.pack("<IIQ", 7, 2, 9))
 
 
+SERVED_FORMAT = 3  # engine::served::FORMAT
+
+
 def served_index():
-    out = bytearray([2]) + struct.pack("<Q", 3)
+    out = bytearray([SERVED_FORMAT]) + struct.pack("<Q", 3)
     base = b"http://127.0.0.1:4873"
     out += struct.pack("<I", len(base)) + base
     tarballs = [(b"a-1.0.0.tgz", bytes(range(32)), 1234), (b"a-2.0.0.tgz", bytes(32), 5)]
@@ -128,7 +131,7 @@ def served_index():
 
 
 def served_doc(body, etag):
-    return bytes([2]) + struct.pack("<Q", 3) + bytes([len(etag)]) + etag + body
+    return bytes([SERVED_FORMAT]) + struct.pack("<Q", 3) + bytes([len(etag)]) + etag + body
 
 
 FULL = json.dumps({"name": "a", "versions": {"1.0.0": {"name": "a"}}}).encode() * 40
