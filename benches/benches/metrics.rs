@@ -151,6 +151,7 @@ fn facts(shard_count: u64) -> StoreFacts {
             .collect(),
         blob_count: Some(20_000),
         blob_bytes: Some(4 * 1024 * 1024 * 1024),
+        inline_blobs: (80_000, 240 * 1024 * 1024),
         config_generation: 12,
     }
 }

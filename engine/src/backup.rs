@@ -6,7 +6,8 @@
 //!   config.bin         copied as is, under a shared lock (no config write interleaves)
 //!   auth.redb          a fresh redb file holding one read transaction's view of auth.redb
 //!   shards/NNN.redb    a fresh redb file per shard, holding one read transaction's view
-//!   blobs/             every blob the shard snapshots reference, verified while copied
+//!                      (inline tarballs included: they are a table of the shard)
+//!   blobs/             every blob file the shard snapshots reference, verified while copied
 //!
 //! Consistency: each shard is copied table by table from ONE read transaction, so each shard
 //! copy is a committed state. Blobs are immutable and durable before the metadata naming them
@@ -40,7 +41,7 @@ const MANIFEST_FORMAT: &str = "agentregistry-backup";
 const MANIFEST_FILE: &str = "backup.json";
 const MANIFEST_VERSION: u32 = 1;
 /// Tables a shard file may hold; any other table stops the backup rather than being lost.
-const SHARD_TABLES: [&str; 8] = [
+const SHARD_TABLES: [&str; 9] = [
     "packages",
     "served",
     "doc_full",
@@ -49,6 +50,7 @@ const SHARD_TABLES: [&str; 8] = [
     "doc_abbr_gz",
     "revs",
     "meta",
+    "blob_inline",
 ];
 /// Tables `auth.redb` may hold.
 const AUTH_TABLES: [&str; 2] = ["users", "tokens"];
@@ -65,6 +67,7 @@ pub struct BackupSummary {
     pub source_home: PathBuf,
     pub shard_count: u16,
     pub packages: u64,
+    /// Referenced blobs copied: files, and tarballs stored inline in the shard copies.
     pub blobs: u64,
     pub blob_bytes: u64,
     /// Referenced blobs that could not be copied (missing or corrupt in the source), with why.
@@ -275,6 +278,7 @@ fn fill_backup(
         .map_err(|e| storage_err(&auth_path)(e.into()))?;
     let mut referenced = BTreeSet::new();
     let mut packages = 0u64;
+    let mut inline = InlineCopied::default();
     let total_tables = snapshots.len() as u64 + 1;
     for (done, (_, path, snapshot)) in (0..).zip(&snapshots) {
         progress(Progress {
@@ -286,7 +290,13 @@ fn fill_backup(
             home: src.data.home().to_path_buf(),
             detail: format!("shard path {} has no file name", path.display()),
         })?;
-        packages += copy_shard(snapshot, path, &shards_dir.join(name), &mut referenced)?;
+        packages += copy_shard(
+            snapshot,
+            path,
+            &shards_dir.join(name),
+            &mut referenced,
+            &mut inline,
+        )?;
     }
     copy_auth(&auth_snapshot, &auth_path, &staging.join("auth.redb"))?;
     drop((snapshots, auth_snapshot));
@@ -304,8 +314,8 @@ fn fill_backup(
         source_home: src.data.home().to_path_buf(),
         shard_count: src.data.shard_count(),
         packages,
-        blobs: referenced.len() as u64 - damaged_blobs.len() as u64,
-        blob_bytes,
+        blobs: referenced.len() as u64 - damaged_blobs.len() as u64 + inline.count,
+        blob_bytes: blob_bytes + inline.bytes,
         damaged_blobs,
     };
     write_manifest(staging, &summary)?;
@@ -314,13 +324,22 @@ fn fill_backup(
     Ok(summary)
 }
 
-/// Copies one shard snapshot into a fresh redb file; returns its package count and adds the
-/// blobs it references to `referenced`.
+/// Referenced tarballs copied with the shard files, inline.
+#[derive(Default)]
+struct InlineCopied {
+    count: u64,
+    bytes: u64,
+}
+
+/// Copies one shard snapshot into a fresh redb file; returns its package count, adds the blob
+/// files it references to `referenced` and counts the referenced blobs it holds inline (those
+/// are copied with the shard, so they are not looked for in the blob store).
 fn copy_shard(
     snapshot: &ReadTransaction,
     source: &Path,
     target: &Path,
     referenced: &mut BTreeSet<BlobId>,
+    inline: &mut InlineCopied,
 ) -> Result<u64, BackupError> {
     check_tables(snapshot, source, &SHARD_TABLES)?;
     let storage = |e: redb::Error| storage_err(source)(e);
@@ -336,7 +355,8 @@ fn copy_shard(
                 .try_for_each(|table| copy_table(snapshot, &txn, table))
         })
         .and_then(|()| copy_table(snapshot, &txn, ShardStore::TABLE_REVS))
-        .and_then(|()| copy_table(snapshot, &txn, ShardStore::TABLE_META));
+        .and_then(|()| copy_table(snapshot, &txn, ShardStore::TABLE_META))
+        .and_then(|()| copy_table(snapshot, &txn, ShardStore::TABLE_BLOB_INLINE));
     copied.map_err(storage_err(target))?;
     txn.commit().map_err(|e| storage_err(target)(e.into()))?;
     let packages = match snapshot.open_table(ShardStore::TABLE_PACKAGES) {
@@ -348,7 +368,23 @@ fn copy_shard(
         .open_table(ShardStore::TABLE_SERVED)
         .map_err(|e| storage(e.into()))?;
     // A record that does not decode is copied as it is; restore's fsck reports it.
-    fsck::collect_references(&packages, &served, referenced).map_err(|e| storage(e.into()))?;
+    let mut named = BTreeSet::new();
+    fsck::collect_references(&packages, &served, &mut named).map_err(|e| storage(e.into()))?;
+    match snapshot.open_table(ShardStore::TABLE_BLOB_INLINE) {
+        Ok(table) => {
+            for id in &named {
+                if let Some(value) = table.get(&id.0).map_err(|e| storage(e.into()))? {
+                    inline.count += 1;
+                    inline.bytes += value.value().len() as u64;
+                    // Not looked for in the blob store; restore's fsck verifies its hash.
+                    continue;
+                }
+                referenced.insert(*id);
+            }
+        }
+        Err(TableError::TableDoesNotExist(_)) => referenced.extend(named),
+        Err(e) => return Err(storage(e.into())),
+    }
     redb::ReadableTableMetadata::len(&packages).map_err(|e| storage(e.into()))
 }
 

@@ -21,6 +21,17 @@ pub const VERSION_COMPONENT_MAX: u64 = (1 << 53) - 1;
 /// Most threads one group commit uses to make its blobs durable in parallel.
 pub const BLOB_WRITE_THREADS_MAX: usize = 16;
 
+/// Largest tarball stored inline: in its package's shard (table `blob_inline`), written in
+/// the same redb transaction as the version that names it, instead of as a file of the blob
+/// store. A file per small tarball cost about 44% of the server's CPU in a publish storm of
+/// ~3 KB tarballs (inode allocation, and the file and directory fsyncs); the shard's commit
+/// is fsynced anyway. Larger tarballs stay files, so shard files do not grow by megabytes per
+/// version.
+pub const INLINE_BLOB_BYTES_MAX: usize = 64 * 1024;
+/// Disk bytes counted per inline tarball byte by the free-space check: redb allocates pages
+/// in powers of two, so a value may take up to twice its size.
+pub const INLINE_BLOB_SPACE_FACTOR: u64 = 2;
+
 /// Most decompressed bytes `tarball::inspect` reads by default: tar headers, file data and
 /// padding.
 pub const TARBALL_UNPACKED_BYTES_MAX: u64 = 512 * 1024 * 1024;
@@ -38,5 +49,6 @@ pub const TARBALL_GZIP_MEMBER_COUNT_MAX: u32 = 64;
 
 // An incompressible tarball under the publish limit must fit once unpacked.
 const _: () = assert!(TARBALL_UNPACKED_BYTES_MAX >= TARBALL_BYTES_MAX as u64);
+const _: () = assert!(INLINE_BLOB_BYTES_MAX < TARBALL_BYTES_MAX);
 const _: () = assert!(TARBALL_PACKAGE_JSON_BYTES_MAX <= TARBALL_UNPACKED_BYTES_MAX);
 const _: () = assert!(TARBALL_EXTENSION_BYTES_MAX <= TARBALL_UNPACKED_BYTES_MAX);

@@ -8,7 +8,8 @@
 //! Method: a two-shard data directory is filled through `ShardStore::apply_batch` (the real
 //! write path), then damaged by hand: blob files edited, deleted and truncated; redb tables
 //! edited through redb directly (with the stores closed); a temp file and an orphan blob
-//! added; one config slot flipped.
+//! added; one config slot flipped. `tarball` is too big to be stored inline (these tests damage
+//! files); `small` tarballs are stored inline in their shard, and damaged there.
 
 #![expect(clippy::unwrap_used, reason = "test fixtures fail loudly by design")]
 
@@ -24,6 +25,7 @@ use engine::config_record::{ConfigFile, ConfigRecord};
 use engine::data_dir::DataDir;
 use engine::fsck::{self, FindingKind, FsckError, Report};
 use engine::integrity;
+use engine::limits::INLINE_BLOB_BYTES_MAX;
 use engine::names::{PackageName, Version};
 use engine::publish::{NewVersion, PublishRequest};
 use engine::served::DocKind;
@@ -38,13 +40,26 @@ const SERVED: TableDefinition<&str, &[u8]> = TableDefinition::new("served");
 const DOC_ABBR_GZ: TableDefinition<&str, &[u8]> = TableDefinition::new("doc_abbr_gz");
 const DOC_FULL: TableDefinition<&str, &[u8]> = TableDefinition::new("doc_full");
 const REVS: TableDefinition<&str, u64> = TableDefinition::new("revs");
+const BLOB_INLINE: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("blob_inline");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
+/// A tarball too big to be stored inline: a blob file.
 fn tarball(name: &str) -> Vec<u8> {
-    format!("tarball of {name} ").repeat(200).into_bytes()
+    let unit = format!("tarball of {name} ");
+    unit.repeat(INLINE_BLOB_BYTES_MAX / unit.len() + 1)
+        .into_bytes()
+}
+
+/// A tarball stored inline in its package's shard.
+fn small(name: &str) -> Vec<u8> {
+    format!("small tarball of {name} ").repeat(100).into_bytes()
 }
 
 fn publish(name: &str, version: &str) -> WriteOp {
-    let bytes = tarball(name);
+    publish_bytes(name, version, tarball(name))
+}
+
+fn publish_bytes(name: &str, version: &str, bytes: Vec<u8>) -> WriteOp {
     let Value::Object(manifest) = json!({"name": name, "version": version}) else {
         unreachable!()
     };
@@ -94,9 +109,31 @@ impl Open {
 
     fn publish(&self, names: &[&str]) {
         for name in names {
-            let shard = &self.shards[usize::from(shard_for(name, SHARDS).0)];
-            let results = shard.apply_batch(vec![publish(name, "1.0.0")], &self.blobs, now());
+            let results =
+                self.shard(name)
+                    .apply_batch(vec![publish(name, "1.0.0")], &self.blobs, now());
             assert!(results.iter().all(Result::is_ok), "{results:?}");
+        }
+    }
+
+    /// Publishes `name@1.0.0` with an inline-sized tarball (`small(name)`).
+    fn publish_small(&self, names: &[&str]) {
+        for name in names {
+            let op = publish_bytes(name, "1.0.0", small(name));
+            let results = self.shard(name).apply_batch(vec![op], &self.blobs, now());
+            assert!(results.iter().all(Result::is_ok), "{results:?}");
+        }
+    }
+
+    fn shard(&self, name: &str) -> &ShardStore {
+        &self.shards[usize::from(shard_for(name, SHARDS).0)]
+    }
+
+    /// Blob `id` of package `name`: inline in its shard, else the file.
+    fn tarball(&self, name: &str, id: &BlobId) -> Vec<u8> {
+        match self.shard(name).read_blob_inline(id).unwrap() {
+            Some(bytes) => bytes,
+            None => self.blobs.read(id).unwrap(),
         }
     }
 
@@ -112,7 +149,7 @@ impl Open {
             for name in shard.read_names().unwrap() {
                 let index = shard.read_index(&name).unwrap().unwrap();
                 let full = shard.read_doc(&name, DocKind::Full).unwrap().unwrap();
-                let tarball = self.blobs.read(&index.tarballs[0].blob).unwrap();
+                let tarball = self.tarball(&name, &index.tarballs[0].blob);
                 out.insert(name, (full.body.to_vec(), tarball));
             }
         }
@@ -668,7 +705,12 @@ fn a_publish_racing_an_orphan_deletion_never_loses_its_blob() {
     let hour_ago = SystemTime::now() - std::time::Duration::from_secs(3600);
     for round in 0..12 {
         let name = format!("race-{round}");
-        let bytes = tarball(&name);
+        // Odd rounds: an inline-sized orphan file, which the publish keeps as its file.
+        let bytes = if round % 2 == 0 {
+            tarball(&name)
+        } else {
+            small(&name)
+        };
         let id = BlobId::of(&bytes);
         open.blobs.write(&id, &bytes).unwrap();
         fs::File::options()
@@ -678,7 +720,11 @@ fn a_publish_racing_an_orphan_deletion_never_loses_its_blob() {
             .set_modified(hour_ago)
             .unwrap();
         std::thread::scope(|scope| {
-            scope.spawn(|| open.publish(&[name.as_str()]));
+            scope.spawn(|| {
+                let op = publish_bytes(&name, "1.0.0", bytes.clone());
+                let results = open.shard(&name).apply_batch(vec![op], &open.blobs, now());
+                assert!(results.iter().all(Result::is_ok), "{results:?}");
+            });
             open.check(true);
         });
         assert!(
@@ -686,5 +732,178 @@ fn a_publish_racing_an_orphan_deletion_never_loses_its_blob() {
             "round {round}: the published blob was deleted"
         );
         assert!(open.check(false).is_clean());
+    }
+}
+
+#[test]
+fn inline_blobs_are_checked_and_inline_orphans_repaired() {
+    // Goal: fsck sees inline tarballs as present (never as missing files), reports a corrupt
+    // inline blob as corrupt_blob (kept by repair) and an inline entry no version names as an
+    // orphan, which repair deletes; the byte counter follows. Method: small tarballs published
+    // through the write path, then the shard's blob_inline table edited with the stores closed.
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let open = Open::new(&home);
+    open.publish_small(&["tiny", "rotten", "fine-small"]);
+    open.publish(&["large"]);
+    for name in ["tiny", "rotten", "fine-small"] {
+        let id = BlobId::of(&small(name));
+        assert!(!open.blobs.has(&id), "{name}'s small tarball became a file");
+        assert_eq!(open.tarball(name, &id), small(name));
+    }
+    let online = open.check(false);
+    assert!(online.is_clean(), "{}", online.render_text());
+    assert_eq!(online.checked.blobs, 4);
+    drop(open);
+    assert!(offline(&home, false).is_clean());
+
+    let rotten = BlobId::of(&small("rotten"));
+    edit_shard(&home, "rotten", |txn| {
+        let mut bytes = small("rotten");
+        bytes[3] ^= 0x20;
+        txn.open_table(BLOB_INLINE)
+            .unwrap()
+            .insert(&rotten.0, bytes.as_slice())
+            .unwrap();
+    });
+    let stray = b"inline bytes no version names".to_vec();
+    let stray_id = BlobId::of(&stray);
+    insert_inline(&home, "tiny", &stray);
+    let before = offline(&home, false);
+    let expected: BTreeMap<FindingKind, u64> =
+        [(FindingKind::CorruptBlob, 1), (FindingKind::OrphanBlob, 1)].into();
+    assert_eq!(kinds(&before), expected, "{}", before.render_text());
+    assert_eq!(
+        subjects(&before, FindingKind::CorruptBlob),
+        [rotten.to_hex()]
+    );
+    assert_eq!(
+        subjects(&before, FindingKind::OrphanBlob),
+        [stray_id.to_hex()]
+    );
+
+    let repaired = offline(&home, true);
+    assert_eq!(kinds(&repaired), expected, "{}", repaired.render_text());
+    for finding in &repaired.findings {
+        assert_eq!(
+            finding.repaired.is_some(),
+            finding.kind == FindingKind::OrphanBlob,
+            "{finding:?}"
+        );
+    }
+    let after = offline(&home, false);
+    assert_eq!(
+        kinds(&after),
+        [(FindingKind::CorruptBlob, 1)].into(),
+        "{}",
+        after.render_text()
+    );
+    let open = Open::new(&home);
+    let tiny_shard = open.shard("tiny");
+    assert_eq!(tiny_shard.read_blob_inline(&stray_id).unwrap(), None);
+    let rotten_read = open.shard("rotten").read_blob_inline(&rotten);
+    assert!(rotten_read.is_err(), "corrupt inline bytes were returned");
+    // The corrupt referenced blob is kept; the counter lost only the orphan's bytes.
+    let total: u64 = open
+        .shards
+        .iter()
+        .map(|s| s.inline_blob_stats().unwrap().1)
+        .sum();
+    let published: u64 = ["tiny", "rotten", "fine-small"]
+        .iter()
+        .map(|n| small(n).len() as u64)
+        .sum();
+    assert_eq!(total, published);
+
+    // Online (stores open, as in a server), an inline orphan needs no age: it is deleted at
+    // once.
+    drop(open);
+    insert_inline(&home, "tiny", &stray);
+    let open = Open::new(&home);
+    let report = open.check(true);
+    assert_eq!(
+        subjects(&report, FindingKind::OrphanBlob),
+        [stray_id.to_hex()],
+        "{}",
+        report.render_text()
+    );
+    assert!(report
+        .findings
+        .iter()
+        .filter(|f| f.kind == FindingKind::OrphanBlob)
+        .all(|f| f.repaired.is_some()));
+    assert_eq!(
+        open.shard("tiny").read_blob_inline(&stray_id).unwrap(),
+        None
+    );
+}
+
+/// Inserts `bytes` inline into the shard of `name`, counted in `meta` as the write path counts
+/// it, but named by no version: an orphan (stores closed).
+fn insert_inline(home: &Path, name: &str, bytes: &[u8]) {
+    edit_shard(home, name, |txn| {
+        txn.open_table(BLOB_INLINE)
+            .unwrap()
+            .insert(&BlobId::of(bytes).0, bytes)
+            .unwrap();
+        let mut meta = txn.open_table(META).unwrap();
+        let total = meta
+            .get("inline_blob_bytes")
+            .unwrap()
+            .map_or(0, |v| u64::from_le_bytes(v.value().try_into().unwrap()));
+        let total = total + bytes.len() as u64;
+        meta.insert("inline_blob_bytes", &total.to_le_bytes()[..])
+            .unwrap();
+    });
+}
+
+#[test]
+fn backup_and_restore_carry_inline_tarballs() {
+    // Goal: a backup copies inline tarballs with their shards (never looked for, or reported
+    // damaged, in the blob store), counts them, and the restored home serves them.
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let open = Open::new(&home);
+    open.publish_small(&["s1", "s2", "@s/s3"]);
+    open.publish(&["big"]);
+    let expected = open.contents();
+    let shards: Vec<&ShardStore> = open.shards.iter().collect();
+    let dest = dir.path().join("backups");
+    let summary = backup::backup(
+        &open.data,
+        &shards,
+        &open.blobs,
+        &open.auth,
+        &dest,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert!(
+        summary.damaged_blobs.is_empty(),
+        "{:?}",
+        summary.damaged_blobs
+    );
+    assert_eq!(summary.packages, 4);
+    assert_eq!(summary.blobs, 4);
+    let files = BlobStore::attach(&summary.path.join("blobs"))
+        .list()
+        .unwrap();
+    assert_eq!(files, vec![BlobId::of(&tarball("big"))]);
+    drop(open);
+    let target = dir.path().join("restored");
+    let restored = backup::restore(&summary.path, &target, false, &mut |_| {}).unwrap();
+    assert!(
+        restored.report.is_clean(),
+        "{}",
+        restored.report.render_text()
+    );
+    let reopened = Open::new(&target);
+    assert_eq!(reopened.contents(), expected);
+    for name in ["s1", "s2", "@s/s3"] {
+        let id = BlobId::of(&small(name));
+        assert_eq!(
+            reopened.shard(name).read_blob_inline(&id).unwrap(),
+            Some(small(name))
+        );
     }
 }

@@ -7,12 +7,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
 
-use engine::blob::{BlobId, BlobStore};
+use engine::blob::{BlobError, BlobId, BlobStore};
 use engine::integrity;
+use engine::limits::INLINE_BLOB_BYTES_MAX;
 use engine::names::{DistTag, PackageName, Version};
 use engine::publish::{NewVersion, PublishError, PublishRequest};
 use engine::served::DocKind;
-use engine::shard::{ShardId, ShardStore, WriteError, WriteOp, WriteOutcome};
+use engine::shard::{ReadError, ShardId, ShardStore, WriteError, WriteOp, WriteOutcome};
+use engine::update::UpdateRequest;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -73,6 +75,14 @@ impl Fixture {
         Fixture { dir, store, blobs }
     }
 
+    /// Blob `id`'s bytes: inline in the shard, else the blob file.
+    fn tarball(&self, id: &BlobId) -> Vec<u8> {
+        match self.store.read_blob_inline(id).unwrap() {
+            Some(bytes) => bytes,
+            None => self.blobs.read(id).unwrap(),
+        }
+    }
+
     fn full(&self, name: &str) -> Value {
         let doc = self.store.read_doc(name, DocKind::Full).unwrap().unwrap();
         serde_json::from_slice(&doc.body).unwrap()
@@ -99,7 +109,7 @@ fn publish_read_reopen() {
     );
     let scoped = f.store.read_index("@s/b").unwrap().unwrap();
     let tarball = scoped.tarball("b-2.0.0.tgz").unwrap();
-    assert_eq!(f.blobs.read(&tarball.blob).unwrap(), b"two");
+    assert_eq!(f.tarball(&tarball.blob), b"two");
     let f = f.reopen(BASE);
     assert_eq!(f.full("a")["versions"]["1.0.0"]["version"], "1.0.0");
     assert_eq!(
@@ -130,11 +140,15 @@ fn same_version_in_one_batch_first_wins_and_retries_are_idempotent() {
     ));
     let served = f.store.read_index("a").unwrap().unwrap();
     assert_eq!(
-        f.blobs
-            .read(&served.tarball("a-1.0.0.tgz").unwrap().blob)
-            .unwrap(),
+        f.tarball(&served.tarball("a-1.0.0.tgz").unwrap().blob),
         b"first"
     );
+    // The refused op's tarball is stored nowhere.
+    assert_eq!(
+        f.store.read_blob_inline(&BlobId::of(b"second")).unwrap(),
+        None
+    );
+    assert_eq!(f.store.inline_blob_stats().unwrap(), (1, 5));
 }
 
 #[test]
@@ -155,6 +169,8 @@ fn refused_ops_leave_no_trace() {
     assert_eq!(before.body, after.body);
     assert_eq!(before.rev, after.rev);
     assert!(!f.blobs.has(&BlobId::of(b"y")));
+    assert_eq!(f.store.read_blob_inline(&BlobId::of(b"y")).unwrap(), None);
+    assert_eq!(f.store.inline_blob_stats().unwrap(), (1, 1));
 }
 
 #[test]
@@ -372,7 +388,7 @@ fn observe(f: &Fixture) -> BTreeMap<String, ModelPackage> {
                 .unwrap()
                 .tarball_file(&Version::parse(&version).unwrap());
             let blob = served.tarball(&file).unwrap().blob;
-            versions.insert(version, f.blobs.read(&blob).unwrap());
+            versions.insert(version, f.tarball(&blob));
         }
         out.insert(
             name,
@@ -408,17 +424,28 @@ proptest! {
     }
 }
 
+/// A tarball one byte too big to be stored inline: a blob file.
+fn file_sized(seed: &str) -> Vec<u8> {
+    let mut bytes = seed
+        .as_bytes()
+        .repeat(INLINE_BLOB_BYTES_MAX / seed.len() + 1);
+    bytes.truncate(INLINE_BLOB_BYTES_MAX + 1);
+    bytes
+}
+
 /// The prepare pool's path: `check_publish` refuses what the writer would refuse, and names
-/// the blobs to store; a `PublishPrepared` whose blob vanished in between (online fsck removes
-/// old unreferenced blobs) has it written again by the writer, never committed without it.
+/// the blob files to store; a `PublishPrepared` whose blob vanished in between (online fsck
+/// removes old unreferenced blobs) has it written again by the writer, never committed without
+/// it.
 #[test]
 fn prepared_publishes_are_checked_and_never_commit_without_their_blob() {
     let fx = Fixture::new();
-    let first = request("prep", "1.0.0", b"first tarball");
+    let bytes = file_sized("first tarball");
+    let first = request("prep", "1.0.0", &bytes);
     let (ids, needed) = fx.store.check_publish(&first, "ada", &fx.blobs).unwrap();
-    assert_eq!(ids, vec![BlobId::of(b"first tarball")]);
-    assert_eq!(needed, b"first tarball".len() as u64);
-    let items: Vec<(BlobId, &[u8])> = vec![(ids[0], b"first tarball".as_slice())];
+    assert_eq!(ids, vec![BlobId::of(&bytes)]);
+    assert_eq!(needed, bytes.len() as u64);
+    let items: Vec<(BlobId, &[u8])> = vec![(ids[0], bytes.as_slice())];
     assert!(fx.blobs.write_all(&items).iter().all(Result::is_ok));
     // The blob is deleted before the writer gets the op.
     std::fs::remove_file(fx.blobs.path_of(&ids[0])).unwrap();
@@ -430,7 +457,8 @@ fn prepared_publishes_are_checked_and_never_commit_without_their_blob() {
         results[0],
         Ok(WriteOutcome::Published { changed: true, .. })
     ));
-    assert_eq!(fx.blobs.read(&ids[0]).unwrap(), b"first tarball");
+    assert_eq!(fx.blobs.read(&ids[0]).unwrap(), bytes);
+    assert_eq!(fx.store.read_blob_inline(&ids[0]).unwrap(), None);
 
     // Other bytes for the same version, and another user: refused before anything is written.
     let conflict = request("prep", "1.0.0", b"other bytes");
@@ -444,7 +472,148 @@ fn prepared_publishes_are_checked_and_never_commit_without_their_blob() {
         Err(WriteError::Refused(PublishError::NotMaintainer { .. }))
     ));
     // An identical retry needs no blob.
-    let retry = request("prep", "1.0.0", b"first tarball");
+    let retry = request("prep", "1.0.0", &bytes);
     let (ids, needed) = fx.store.check_publish(&retry, "ada", &fx.blobs).unwrap();
     assert!(ids.is_empty() && needed == 0);
+}
+
+/// Goal: the inline rule. A tarball of at most `INLINE_BLOB_BYTES_MAX` bytes is stored in the
+/// shard by the writer's commit (the prepare pool names no file for it, but counts its space),
+/// never as a file; one byte more is a file. Both read back byte for byte, after a reopen too,
+/// and the metrics counters follow.
+#[test]
+fn small_tarballs_are_stored_inline_and_big_ones_as_files() {
+    let fx = Fixture::new();
+    let small = b"s".repeat(INLINE_BLOB_BYTES_MAX);
+    let big = file_sized("big");
+    let (small_id, big_id) = (BlobId::of(&small), BlobId::of(&big));
+    let prepared = request("small", "1.0.0", &small);
+    let (ids, needed) = fx.store.check_publish(&prepared, "ada", &fx.blobs).unwrap();
+    assert!(
+        ids.is_empty(),
+        "no file for an inline-sized tarball: {ids:?}"
+    );
+    assert_eq!(needed, 2 * small.len() as u64);
+    let results = fx.apply(vec![
+        WriteOp::PublishPrepared {
+            request: prepared,
+            user: "ada".into(),
+        },
+        publish("big", "1.0.0", &big),
+    ]);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert!(!fx.blobs.has(&small_id), "the small tarball became a file");
+    assert!(fx.blobs.has(&big_id));
+    assert_eq!(
+        fx.store.read_blob_inline(&small_id).unwrap().unwrap(),
+        small
+    );
+    assert_eq!(fx.store.read_blob_inline(&big_id).unwrap(), None);
+    assert_eq!(fx.blobs.read(&big_id).unwrap(), big);
+    assert_eq!(
+        fx.store.inline_blob_stats().unwrap(),
+        (1, small.len() as u64)
+    );
+    let fx = fx.reopen(BASE);
+    assert_eq!(fx.tarball(&small_id), small);
+    assert_eq!(fx.tarball(&big_id), big);
+    assert_eq!(
+        fx.store.inline_blob_stats().unwrap(),
+        (1, small.len() as u64)
+    );
+}
+
+/// Goal: an inline-sized tarball that is already a file (written before inline storage, or an
+/// orphan a publish reuses) stays a file and is not duplicated inline.
+#[test]
+fn an_existing_small_file_is_not_duplicated_inline() {
+    let fx = Fixture::new();
+    let bytes = b"an old small tarball".to_vec();
+    let id = BlobId::of(&bytes);
+    fx.blobs.write(&id, &bytes).unwrap();
+    let results = fx.apply(vec![publish("old", "1.0.0", &bytes)]);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(fx.store.read_blob_inline(&id).unwrap(), None);
+    assert_eq!(fx.store.inline_blob_stats().unwrap(), (0, 0));
+    assert_eq!(fx.tarball(&id), bytes);
+}
+
+/// Goal: unpublishing removes the versions' inline tarballs in the same commit, and keeps
+/// those of the versions that remain; the byte counter follows.
+#[test]
+fn unpublish_removes_inline_tarballs() {
+    let fx = Fixture::new();
+    let (one, two) = (b"one".to_vec(), b"two!".to_vec());
+    let results = fx.apply(vec![
+        publish("u", "1.0.0", &one),
+        publish("u", "2.0.0", &two),
+    ]);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(fx.store.inline_blob_stats().unwrap(), (2, 7));
+    let stored = fx.store.read_stored("u").unwrap().unwrap();
+    let mut versions = stored.versions().unwrap().clone();
+    versions.remove("1.0.0");
+    let results = fx.apply(vec![WriteOp::Update {
+        request: UpdateRequest {
+            name: PackageName::parse("u").unwrap(),
+            rev: None,
+            versions: Some(versions),
+            dist_tags: None,
+            maintainers: None,
+        },
+        user: "ada".into(),
+    }]);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(fx.store.read_blob_inline(&BlobId::of(&one)).unwrap(), None);
+    assert_eq!(fx.tarball(&BlobId::of(&two)), two);
+    assert_eq!(fx.store.inline_blob_stats().unwrap(), (1, 4));
+    let results = fx.apply(vec![WriteOp::UnpublishAll {
+        name: PackageName::parse("u").unwrap(),
+        rev: None,
+        user: "ada".into(),
+    }]);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(fx.store.inline_blob_stats().unwrap(), (0, 0));
+    // Published and unpublished in one batch: nothing is left inline.
+    let results = fx.apply(vec![
+        publish("v", "1.0.0", b"brief"),
+        WriteOp::UnpublishAll {
+            name: PackageName::parse("v").unwrap(),
+            rev: None,
+            user: "ada".into(),
+        },
+    ]);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(fx.store.inline_blob_stats().unwrap(), (0, 0));
+}
+
+/// Goal: an inline blob whose stored bytes no longer hash to its id is a `Corrupt` error on
+/// read, never its bytes.
+#[test]
+fn a_corrupt_inline_blob_is_an_error_not_bytes() {
+    let fx = Fixture::new();
+    let bytes = b"the real tarball".to_vec();
+    let id = BlobId::of(&bytes);
+    assert!(fx.apply(vec![publish("c", "1.0.0", &bytes)])[0].is_ok());
+    let Fixture { dir, store, blobs } = fx;
+    drop(store);
+    let path = dir.path().join("s.redb");
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        let table: redb::TableDefinition<&[u8; 32], &[u8]> =
+            redb::TableDefinition::new("blob_inline");
+        txn.open_table(table)
+            .unwrap()
+            .insert(&id.0, &b"the rotten tarball"[..])
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let store = ShardStore::open(&path, ShardId(0), BASE).unwrap();
+    let read = store.read_blob_inline(&id);
+    assert!(
+        matches!(read, Err(ReadError::Blob(BlobError::Corrupt { .. }))),
+        "{read:?}"
+    );
+    drop((store, blobs, dir));
 }

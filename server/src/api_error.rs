@@ -166,6 +166,7 @@ impl From<ReadError> for ApiError {
         match e {
             ReadError::Storage { .. } => ApiError::internal("a read failed in storage", &e),
             ReadError::Corrupt { .. } => ApiError::internal("a stored record is corrupt", &e),
+            ReadError::Blob(blob) => blob.into(),
         }
     }
 }

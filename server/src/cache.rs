@@ -7,13 +7,15 @@
 //! only when that changed. When full, a quarter of the entries is evicted (in hash order,
 //! which is unrelated to use, so this is random eviction: the cache stays 3/4 to fully used).
 //! `TarballCache`: blob id -> bytes. Blobs are immutable, so entries never go stale; bytes are
-//! verified against their blake3 name when loaded. When full it is cleared.
+//! verified against their blake3 name when loaded, from the package's shard (inline tarballs)
+//! or from the blob store (files). When full it is cleared.
 
 use std::collections::HashMap;
 use std::rc::Rc;
 
 use bytes::Bytes;
-use engine::blob::{BlobError, BlobId, BlobStore};
+use engine::blob::{BlobId, BlobStore};
+use engine::limits::INLINE_BLOB_BYTES_MAX;
 use engine::served::{DocKind, ServedDoc, ServedIndex};
 use engine::shard::{ReadError, ShardStore};
 
@@ -199,15 +201,33 @@ pub struct TarballCache {
 }
 
 impl TarballCache {
-    /// The bytes of blob `id`, verified against its digest when read from disk.
+    /// The bytes of blob `id`, whose tarball index says it has `size` bytes, verified against
+    /// its digest when read from storage: from `shard` (the package's own shard) when it is
+    /// stored inline there, else from the blob store. A blob bigger than
+    /// `INLINE_BLOB_BYTES_MAX` is never inline, so its shard is not asked.
     ///
     /// # Errors
-    /// `NotFound`, `Corrupt` or I/O errors from the blob store.
-    pub fn get(&mut self, blobs: &BlobStore, id: &BlobId) -> Result<Bytes, BlobError> {
+    /// Storage errors of the shard; `Blob`: `Corrupt` (inline or file), `NotFound` or I/O
+    /// errors of the blob store.
+    pub fn get(
+        &mut self,
+        shard: &ShardStore,
+        blobs: &BlobStore,
+        id: &BlobId,
+        size: u64,
+    ) -> Result<Bytes, ReadError> {
         if let Some(bytes) = self.entries.get(id) {
             return Ok(bytes.clone());
         }
-        let bytes = Bytes::from(blobs.read(id)?);
+        let inline = if size <= INLINE_BLOB_BYTES_MAX as u64 {
+            shard.read_blob_inline(id)?
+        } else {
+            None
+        };
+        let bytes = match inline {
+            Some(bytes) => Bytes::from(bytes),
+            None => Bytes::from(blobs.read(id)?),
+        };
         if bytes.len() <= TARBALL_CACHE_ENTRY_BYTES_MAX {
             if self.bytes + bytes.len() > TARBALL_CACHE_BYTES_MAX {
                 self.entries.clear();

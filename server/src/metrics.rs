@@ -194,8 +194,13 @@ pub type Mailbox<T> = flume::Sender<SnapshotRequest<T>>;
 pub struct StoreFacts {
     /// Per shard: (packages, file bytes).
     pub shards: Vec<(u64, u64)>,
+    /// Blob files (tarballs bigger than `INLINE_BLOB_BYTES_MAX`, and older small ones).
     pub blob_count: Option<u64>,
     pub blob_bytes: Option<u64>,
+    /// Tarballs stored inline in the shards, summed: (count, bytes). Counted apart from the
+    /// files because they are read differently (redb table length and a byte total kept in
+    /// each shard's `meta`, against a one-time directory scan).
+    pub inline_blobs: (u64, u64),
     pub config_generation: u64,
 }
 
@@ -438,6 +443,24 @@ fn render_facts(out: &mut String, facts: &StoreFacts) {
     }
     header(
         out,
+        "inline_blobs",
+        "Tarballs stored inline in the shards (not counted in agentregistry_blobs).",
+        "gauge",
+    );
+    let _ = writeln!(out, "agentregistry_inline_blobs {}", facts.inline_blobs.0);
+    header(
+        out,
+        "inline_blob_bytes",
+        "Bytes of the tarballs stored inline in the shards.",
+        "gauge",
+    );
+    let _ = writeln!(
+        out,
+        "agentregistry_inline_blob_bytes {}",
+        facts.inline_blobs.1
+    );
+    header(
+        out,
         "config_generation",
         "Generation of the live config record.",
         "gauge",
@@ -474,6 +497,11 @@ pub async fn scrape(core: &crate::cores::Core) -> crate::http::respond::Reply {
             .collect(),
         blob_count: shared.blobs.stats().map(|(count, _)| count),
         blob_bytes: shared.blobs.stats().map(|(_, bytes)| bytes),
+        inline_blobs: shared
+            .shards
+            .iter()
+            .filter_map(|s| s.inline_blob_stats().ok())
+            .fold((0, 0), |(c, b), (count, bytes)| (c + count, b + bytes)),
         config_generation: shared.live.record().generation,
     };
     let mut reply = crate::http::respond::Reply::json(200, render(&cores, &writers, &facts));
@@ -540,6 +568,7 @@ mod tests {
             shards: vec![(3, 4096)],
             blob_count: Some(2),
             blob_bytes: Some(10),
+            inline_blobs: (5, 3000),
             config_generation: 7,
         };
         let text = render(&[a, b], &[w], &facts);
@@ -553,6 +582,8 @@ mod tests {
         assert!(text.contains("agentregistry_publishes_total 2"));
         assert!(text.contains("agentregistry_shard_packages{shard=\"0\"} 3"));
         assert!(text.contains("agentregistry_config_generation 7"));
+        assert!(text.contains("agentregistry_inline_blobs 5"));
+        assert!(text.contains("agentregistry_inline_blob_bytes 3000"));
         assert!(text.contains("agentregistry_bytes_sent_total 15"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').unwrap();

@@ -4,13 +4,17 @@
 //!
 //! A raw `PUT` body first goes to the prepare pool (`PUBLISH_PREPARE_THREADS` threads), which
 //! parses and verifies it (JSON, base64, sha512/sha1, blake3), checks a publish against the
-//! committed state and makes its tarball durable, then forwards the op to the shard's writer.
+//! committed state and makes its tarball durable when it is a file (bigger than
+//! `engine::limits::INLINE_BLOB_BYTES_MAX`), then forwards the op to the shard's writer. An
+//! inline-sized tarball is written by the writer into the shard, in the commit that records
+//! the version: no file, no fsync of its own.
 //! That work (CPU, and fsyncs that mostly wait on the disk) thus runs for many publishes at
 //! once and overlaps the writers' commits instead of lengthening them.
 //!
 //! Group commit: a writer blocks for the first op, then takes every op already queued (up to
 //! `WRITER_BATCH_MAX`) and applies them in one transaction: one fsync for the whole batch
-//! (plus the batch's blob syncs, issued in parallel; see `ShardStore::apply_batch`).
+//! (plus the syncs of the batch's blob files, issued in parallel; see
+//! `ShardStore::apply_batch`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -209,17 +213,18 @@ struct Prepared {
     shard: ShardId,
     op: WriteOp,
     reply: Reply,
-    /// Blobs (new tarballs) that must be durable before the op goes to the writer.
+    /// Blob files (new tarballs too big to be inline) that must be durable before the op
+    /// goes to the writer.
     blobs: Vec<BlobId>,
 }
 
 impl PreparePool {
     /// Prepares batches until every sender is gone: a thread blocks for one body, then takes
     /// every body already queued (up to `PREPARE_BATCH_MAX`). Each is parsed and verified,
-    /// and a publish is checked against the committed state; then the batch's new tarballs
-    /// are made durable together (`BlobStore::write_all`: a few shared journal commits for the
-    /// whole batch), and only then are the ops handed to their writers. The writers are left
-    /// with planning and one commit per group.
+    /// and a publish is checked against the committed state; then the batch's new tarball
+    /// files are made durable together (`BlobStore::write_all`: a few shared journal commits
+    /// for the whole batch), and only then are the ops handed to their writers. The writers are
+    /// left with planning, inline tarballs and one commit per group.
     fn run(self) {
         while let Ok(first) = self.rx.recv() {
             let mut batch = vec![first];

@@ -693,10 +693,15 @@ fn torn_and_flipped_bytes_are_detected_never_served() {
     let specs: Vec<(String, String)> = (0..6)
         .map(|i| (format!("torn-pkg-{i}"), format!("salt {i}")))
         .collect();
-    let built: Vec<Fixture> = specs
+    let mut built: Vec<Fixture> = specs
         .iter()
         .map(|(name, salt)| fixture(name, "1.0.0", salt))
         .collect();
+    // The victim of the flipped byte is a blob file: too big to be stored inline in its shard
+    // (incompressible payload over `INLINE_BLOB_BYTES_MAX`). The others are stored inline.
+    let payload = Rng::new(7).bytes(engine::limits::INLINE_BLOB_BYTES_MAX + 4096);
+    built[0] = raw_fixtures(vec![(specs[0].0.clone(), "1.0.0".into(), payload)]).remove(0);
+    assert!(built[0].tarball.len() > engine::limits::INLINE_BLOB_BYTES_MAX);
     for f in &built {
         server.publish_ok(&token, f);
     }

@@ -372,6 +372,8 @@ fn backup_while_serving_restores_byte_identical() {
     );
     let before = server.snapshot(&names);
     assert_eq!(before.len(), 3 * 2 + 4);
+    // Only alpha@1.1.0 (about 300 KB) is a blob file; the others are stored in their shards.
+    assert_eq!(blob_files(&home.join("blobs")).len(), 1);
 
     // The admin endpoints need the admin token.
     let refused = server.request("POST", "/-/admin/fsck", &[], b"{}");
@@ -449,7 +451,8 @@ fn fsck_exit_codes_clean_and_corrupt_blob() {
     let home = dir.path().join("home");
     let server = Server::start(&home);
     let token = server.login("ada");
-    let bytes = tarball("solo", "1.0.0", 9, 20_000);
+    // Too big to be stored inline (64 KiB and less are): a blob file this test can damage.
+    let bytes = tarball("solo", "1.0.0", 9, 100_000);
     server.publish(&token, "solo", "1.0.0", &bytes);
     server.publish(
         &token,
@@ -463,7 +466,7 @@ fn fsck_exit_codes_clean_and_corrupt_blob() {
     assert_eq!(clean.status.code(), Some(0), "{}", describe(&clean));
     assert!(stdout(&clean).contains("clean"), "{}", describe(&clean));
 
-    // The blob of `solo` is the only file of its size (about 20 KB); its name is its hex id.
+    // The blob of `solo` is the only file of its size (about 100 KB); its name is its hex id.
     let path = blob_files(&home.join("blobs"))
         .into_iter()
         .find(|p| std::fs::metadata(p).unwrap().len() == bytes.len() as u64)
@@ -491,4 +494,51 @@ fn fsck_exit_codes_clean_and_corrupt_blob() {
 
     let missing = run(&["fsck", "--home", &home_arg(&dir.path().join("nowhere"))]);
     assert_eq!(missing.status.code(), Some(2), "{}", describe(&missing));
+}
+
+#[test]
+fn small_tarballs_are_inline_served_and_survive_a_kill() {
+    // Goal: a tarball of at most 64 KiB is stored in its shard, not as a file, one bigger is a
+    // file; both are served byte for byte, also after the server is killed (SIGKILL, no clean
+    // stop) and started again, and the metrics count the inline one.
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let small = tarball("tiny", "1.0.0", 11, 2_000);
+    let large = tarball("huge", "1.0.0", 12, 100_000);
+    assert!(small.len() <= 64 * 1024 && large.len() > 64 * 1024);
+    let server = Server::start(&home);
+    let token = server.login("ada");
+    server.publish(&token, "tiny", "1.0.0", &small);
+    server.publish(&token, "huge", "1.0.0", &large);
+    let files: Vec<Vec<u8>> = blob_files(&home.join("blobs"))
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    assert_eq!(
+        files,
+        vec![large.clone()],
+        "only the large tarball is a file"
+    );
+    assert_eq!(server.get("/tiny/-/tiny-1.0.0.tgz", &[]).body, small);
+    assert_eq!(server.get("/huge/-/huge-1.0.0.tgz", &[]).body, large);
+    let metrics = server.get("/metrics", &[]).text();
+    assert!(
+        metrics.contains("agentregistry_inline_blobs 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "agentregistry_inline_blob_bytes {}\n",
+            small.len()
+        )),
+        "{metrics}"
+    );
+    drop(server);
+
+    let server = Server::start(&home);
+    assert_eq!(server.get("/tiny/-/tiny-1.0.0.tgz", &[]).body, small);
+    assert_eq!(server.get("/huge/-/huge-1.0.0.tgz", &[]).body, large);
+    drop(server);
+    let fsck = run(&["fsck", "--home", &home_arg(&home)]);
+    assert_eq!(fsck.status.code(), Some(0), "{}", describe(&fsck));
 }

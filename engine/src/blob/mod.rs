@@ -1,4 +1,8 @@
-//! The content-addressed blob store: tarball bytes named by their blake3 digest.
+//! The content-addressed blob store: tarball bytes named by their blake3 digest, one file
+//! each. Only tarballs bigger than `limits::INLINE_BLOB_BYTES_MAX` are written here; smaller
+//! ones are stored inline in their package's shard (`ShardStore::read_blob_inline`), because
+//! a file per small tarball (inode allocation, file and directory fsyncs) cost more than the
+//! shard commit they ride on. Small files written before that rule still serve.
 //!
 //! Layout: `<root>/<hex[0..2]>/<hex[2..4]>/<hex>`; temp files in `<root>/tmp/`.
 //! Invariants: a blob file, once renamed into place, is never modified; its content hashes to

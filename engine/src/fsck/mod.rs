@@ -8,9 +8,14 @@
 //!   `versions` and tarball index agree; its served record is exactly what rendering the
 //!   package for the shard's base URL gives (same rev, same bytes); `revs` holds its rev; no
 //!   served record or rev exists without a live package;
-//! - every blob a version or a served record names exists, hashes to its blake3 name, has the
-//!   indexed size, and matches the version's `dist.integrity` and `dist.shasum`;
-//! - no blob is unreferenced (an orphan) and no temp file is left in `blobs/tmp`;
+//! - every blob a version or a served record names exists (inline in the package's shard, or
+//!   as a file), hashes to its blake3 name, has the indexed size, and matches the version's
+//!   `dist.integrity` and `dist.shasum`. Inline blobs are checked in the shard's read
+//!   transaction, so a concurrent unpublish (which removes both the version and its inline
+//!   blob in one commit) is never seen half done;
+//! - no blob is unreferenced (an orphan): a file named by no version and no served record of
+//!   any shard, or an inline blob named by none of its own shard; no temp file is left in
+//!   `blobs/tmp`;
 //! - both slots of the config record decode and agree.
 //!
 //! Repair (`repair: true`) does only what cannot lose data, and says on each finding what it
@@ -20,8 +25,13 @@
 //! record or a referenced blob: a missing or corrupt referenced blob, a corrupt package record
 //! and redb corruption are reported, never "repaired" away.
 //!
-//! Orphans are deleted only when every shard and every package record could be read, and only
-//! behind a write barrier: fsck takes every shard's write transaction, so no writer is between
+//! Inline orphans are deleted per shard, in a write transaction that re-reads that shard's
+//! references and commits the deletion: an inline blob is written in the same transaction as
+//! the version naming it, so no age rule is needed, and redb serializes the deletion with the
+//! shard's writer.
+//!
+//! File orphans are deleted only when every shard and every package record could be read, and
+//! only behind a write barrier: fsck takes every shard's write transaction, so no writer is between
 //! writing (or finding) a blob and committing the metadata that names it (`apply_batch` begins
 //! its transaction before it touches blobs), re-reads every reference inside those
 //! transactions, deletes the candidates still unreferenced, and aborts the transactions.
@@ -45,7 +55,7 @@ mod scan;
 
 pub use report::{Checked, Finding, FindingKind, Phase, Progress, Report};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -62,8 +72,8 @@ use crate::shard::{ShardId, ShardStore};
 use FindingKind::{FormatBad, RedbCorrupt};
 
 use config::{check_config, repair_config};
-use repair::{repair_orphans, repair_served, repair_temp_files};
-use scan::{check_blobs, find_orphans, find_temp_files, scan_metadata};
+use repair::{repair_inline_orphans, repair_orphans, repair_served, repair_temp_files};
+use scan::{check_blobs, find_inline_orphans, find_orphans, find_temp_files, scan_metadata};
 
 pub(crate) use repair::collect_references;
 
@@ -350,10 +360,27 @@ struct Expect {
 #[derive(Default)]
 struct Scan {
     refs: BTreeMap<BlobId, Vec<Expect>>,
+    /// Blobs the shard being scanned names (cleared per shard).
+    shard_refs: BTreeSet<BlobId>,
+    /// Referenced blobs found inline in the shard that names them, judged in that shard's
+    /// read transaction; `check_blobs` reports these instead of reading a file.
+    inline: BTreeMap<BlobId, scan::BlobOutcome>,
+    /// Inline blobs their shard does not name.
+    inline_orphans: Vec<InlineOrphan>,
     /// Per shard view: package name -> indices of its findings that a re-render fixes.
     fixes: Vec<BTreeMap<String, Vec<usize>>>,
     /// Every shard and package record was read: only then can a blob be called unreferenced.
     complete: bool,
+}
+
+/// An inline blob no version and no served record of its shard names.
+struct InlineOrphan {
+    /// Index into `Ctx::shards`.
+    view: usize,
+    id: BlobId,
+    size: u64,
+    /// Why its bytes do not hash to its id, when they do not.
+    corrupt: Option<String>,
 }
 
 fn run(ctx: &Ctx<'_>, report: &mut Report, progress: &mut dyn FnMut(Progress)) {
@@ -373,11 +400,13 @@ fn run(ctx: &Ctx<'_>, report: &mut Report, progress: &mut dyn FnMut(Progress)) {
     };
     let mut scan = scan_metadata(ctx, report, progress);
     scan.complete &= ctx.all_shards_open && listed.is_some();
-    let missing = check_blobs(ctx, &scan.refs, report, progress);
+    let inline = std::mem::take(&mut scan.inline);
+    let missing = check_blobs(ctx, &scan.refs, inline, report, progress);
     let orphans = match &listed {
         Some(listed) => find_orphans(ctx, listed, &missing, &scan, report),
         None => Vec::new(),
     };
+    let inline_orphans = find_inline_orphans(ctx, &missing, &scan, report);
     let temps = find_temp_files(ctx, report);
     let config_fix = check_config(&ctx.data.config_path(), report);
     if !ctx.repair {
@@ -391,6 +420,7 @@ fn run(ctx: &Ctx<'_>, report: &mut Report, progress: &mut dyn FnMut(Progress)) {
     repair_served(ctx, &scan, report);
     repair_temp_files(&temps, report);
     repair_orphans(ctx, &orphans, report);
+    repair_inline_orphans(ctx, &inline_orphans, report);
     if let Some(fix) = config_fix {
         repair_config(&ctx.data.config_path(), &fix, report);
     }

@@ -1,5 +1,6 @@
 //! Repairs: served records and revs re-derived from the package records, temp files deleted,
-//! orphan blobs deleted behind the write barrier (see `fsck/mod.rs`).
+//! orphan blob files deleted behind the write barrier, inline orphans deleted in their shard's
+//! write transaction (see `fsck/mod.rs`).
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
@@ -11,7 +12,7 @@ use super::{Ctx, Report, Scan};
 use crate::blob::BlobId;
 use crate::packument::StoredPackage;
 use crate::served::{decode_index, encode_served};
-use crate::shard::tables::ServedTables;
+use crate::shard::tables::{adjust_inline_bytes, ServedTables};
 use crate::shard::ShardStore;
 
 /// Re-renders served records and rebuilds revs, one write transaction per shard. Each package
@@ -146,6 +147,82 @@ pub(super) fn repair_orphans(ctx: &Ctx<'_>, orphans: &[(BlobId, usize)], report:
             Err(e) => report.notes.push(format!("deleting an orphan failed: {e}")),
         }
     }
+}
+
+/// Deletes inline orphans (view index, id, finding index), one write transaction per shard
+/// that re-reads the shard's references first: a commit since the check may name one again.
+pub(super) fn repair_inline_orphans(
+    ctx: &Ctx<'_>,
+    orphans: &[(usize, BlobId, usize)],
+    report: &mut Report,
+) {
+    for (view, shard) in ctx.shards.iter().enumerate() {
+        let candidates: Vec<(BlobId, usize)> = orphans
+            .iter()
+            .filter(|(v, _, _)| *v == view)
+            .map(|(_, id, index)| (*id, *index))
+            .collect();
+        if candidates.is_empty() {
+            continue;
+        }
+        match delete_inline_unreferenced(shard.db, &candidates) {
+            Ok(Some(deleted)) => {
+                let kept = candidates.len() - deleted.len();
+                if kept > 0 {
+                    report.notes.push(format!(
+                        "{kept} inline orphans of shard {} were kept: a write since the check \
+                         references them again",
+                        shard.id.0
+                    ));
+                }
+                for index in deleted {
+                    report.repaired(index, "deleted");
+                }
+            }
+            Ok(None) => report.notes.push(format!(
+                "inline orphans of shard {} were kept: a package record could not be read",
+                shard.id.0
+            )),
+            Err(e) => report.notes.push(format!(
+                "deleting inline orphans of shard {} failed (nothing was changed in it): {e}",
+                shard.id.0
+            )),
+        }
+    }
+}
+
+/// Removes each candidate the shard's records do not name from `blob_inline`, in one
+/// committed write transaction; returns the finding indices of those removed, or `None` (and
+/// nothing changed) when a record did not decode.
+fn delete_inline_unreferenced(
+    db: &Database,
+    candidates: &[(BlobId, usize)],
+) -> Result<Option<Vec<usize>>, redb::Error> {
+    let txn = db.begin_write()?;
+    let mut deleted = Vec::new();
+    {
+        let packages = txn.open_table(ShardStore::TABLE_PACKAGES)?;
+        let served = txn.open_table(ShardStore::TABLE_SERVED)?;
+        let mut referenced = BTreeSet::new();
+        if !collect_references(&packages, &served, &mut referenced)? {
+            return Ok(None);
+        }
+        let mut inline = txn.open_table(ShardStore::TABLE_BLOB_INLINE)?;
+        let mut removed = 0u64;
+        for (id, index) in candidates {
+            if referenced.contains(id) {
+                continue;
+            }
+            if let Some(old) = inline.remove(&id.0)? {
+                removed += old.value().len() as u64;
+                deleted.push(*index);
+            }
+        }
+        let mut meta = txn.open_table(ShardStore::TABLE_META)?;
+        adjust_inline_bytes(&mut meta, 0, removed)?;
+    }
+    txn.commit()?;
+    Ok(Some(deleted))
 }
 
 /// Holds every shard's write transaction, collects every blob any package record or served

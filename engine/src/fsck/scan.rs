@@ -1,5 +1,6 @@
-//! The checking passes: metadata (package records, served records, revs), blobs (read and
-//! hashed on a few threads), orphan blobs and temp files.
+//! The checking passes: metadata (package records, served records, revs, and the shard's
+//! inline blobs, hashed in the same read transaction), blob files (read and hashed on a few
+//! threads), orphan blobs and temp files.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -15,8 +16,10 @@ use super::report::FindingKind::{
     CorruptBlob, CorruptPackage, IntegrityMismatch, MissingBlob, OrphanBlob, RedbCorrupt,
     RevsMismatch, StaleServed, TempFile,
 };
-use super::{Ctx, Expect, FindingKind, Phase, Progress, Report, Scan, ShardView, ONLINE_GRACE};
-use crate::blob::{BlobError, BlobId, BlobStore};
+use super::{
+    Ctx, Expect, FindingKind, InlineOrphan, Phase, Progress, Report, Scan, ShardView, ONLINE_GRACE,
+};
+use crate::blob::{self, BlobError, BlobId, BlobStore};
 use crate::integrity;
 use crate::packument::StoredPackage;
 use crate::served::{decode_index, encode_served, DocKind};
@@ -44,7 +47,7 @@ pub(super) fn scan_metadata(
             total,
         });
         let mut fixes = BTreeMap::new();
-        if let Err(e) = scan_shard(shard, &mut scan, &mut fixes, report) {
+        if let Err(e) = scan_shard(index, shard, &mut scan, &mut fixes, report) {
             scan.complete = false;
             report.push(
                 RedbCorrupt,
@@ -64,11 +67,77 @@ pub(super) fn scan_metadata(
 }
 
 fn scan_shard(
+    view: usize,
     shard: &ShardView<'_>,
     scan: &mut Scan,
     fixes: &mut BTreeMap<String, Vec<usize>>,
     report: &mut Report,
 ) -> Result<(), redb::Error> {
+    scan.shard_refs.clear();
+    // Whether this shard's records all decode (else what it names is unknown), kept apart
+    // from the other shards'.
+    let complete_so_far = std::mem::replace(&mut scan.complete, true);
+    let scanned = scan_shard_records(shard, scan, fixes, report);
+    let shard_complete = scan.complete;
+    scan.complete &= complete_so_far;
+    let txn = scanned?;
+    scan_inline(view, &txn, shard_complete, scan, report)
+}
+
+/// Checks the shard's inline blobs in the read transaction that scanned its records: one
+/// its records name is judged like a blob file (hash, size, integrity); one they do not name
+/// is an orphan (recorded only when every record of the shard decoded).
+fn scan_inline(
+    view: usize,
+    txn: &redb::ReadTransaction,
+    shard_complete: bool,
+    scan: &mut Scan,
+    report: &mut Report,
+) -> Result<(), redb::Error> {
+    let inline = match txn.open_table(ShardStore::TABLE_BLOB_INLINE) {
+        Ok(table) => table,
+        // A shard not yet opened by a build that stores blobs inline.
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut unjudged = 0u64;
+    for entry in inline.iter()? {
+        let (key, value) = entry?;
+        let id = BlobId(*key.value());
+        let bytes = value.value();
+        if scan.shard_refs.contains(&id) {
+            let expects = scan.refs.get(&id).map_or(&[][..], Vec::as_slice);
+            scan.inline.insert(id, judge_bytes(&id, bytes, expects));
+        } else if shard_complete {
+            scan.inline_orphans.push(InlineOrphan {
+                view,
+                id,
+                size: bytes.len() as u64,
+                corrupt: match blob::verify(&id, bytes) {
+                    Ok(()) => None,
+                    Err(e) => Some(e.to_string()),
+                },
+            });
+        } else {
+            unjudged += 1;
+        }
+    }
+    if unjudged > 0 {
+        report.notes.push(format!(
+            "{unjudged} unreferenced inline blobs were not called orphans: a record of their \
+             shard could not be read"
+        ));
+    }
+    Ok(())
+}
+
+/// The package, served and revs passes of one shard; returns the read transaction they used.
+fn scan_shard_records(
+    shard: &ShardView<'_>,
+    scan: &mut Scan,
+    fixes: &mut BTreeMap<String, Vec<usize>>,
+    report: &mut Report,
+) -> Result<redb::ReadTransaction, redb::Error> {
     let txn = shard.db.begin_read()?;
     let packages = txn.open_table(ShardStore::TABLE_PACKAGES)?;
     let served = txn.open_table(ShardStore::TABLE_SERVED)?;
@@ -146,7 +215,8 @@ fn scan_shard(
             fixes.entry(name.to_owned()).or_default().push(i);
         }
     }
-    Ok(())
+    drop((packages, served, docs, revs));
+    Ok(txn)
 }
 
 /// One package's served values as stored: the index and the documents by `DocKind::index`.
@@ -249,6 +319,7 @@ fn served_problem(
 fn note_served_refs(name: &str, bytes: &[u8], scan: &mut Scan) {
     if let Ok(served) = decode_index(bytes) {
         for t in served.tarballs {
+            scan.shard_refs.insert(t.blob);
             scan.refs.entry(t.blob).or_default().push(Expect {
                 who: format!("{name} (served record, {})", t.file),
                 integrity: None,
@@ -281,6 +352,7 @@ fn check_tarball_index(name: &str, stored: &StoredPackage, scan: &mut Scan, repo
         let dist = manifest.get("dist");
         let text = |field: &str| dist.and_then(|d| d.get(field)).and_then(Value::as_str);
         report.checked.versions += 1;
+        scan.shard_refs.insert(id);
         scan.refs.entry(id).or_default().push(Expect {
             integrity: text("integrity").map(str::to_owned),
             shasum: text("shasum").map(str::to_owned),
@@ -301,7 +373,7 @@ fn check_tarball_index(name: &str, stored: &StoredPackage, scan: &mut Scan, repo
 // ---------------------------------------------------------------------------------------
 
 /// What reading one blob showed.
-enum BlobOutcome {
+pub(super) enum BlobOutcome {
     /// The bytes hash to the name; `problems` are (expect index, kind, detail).
     Sound {
         size: u64,
@@ -311,15 +383,30 @@ enum BlobOutcome {
     Corrupt(String),
 }
 
+/// Judges every referenced blob: those in `inline` from their outcome (found inline in the
+/// shard naming them), the others by reading their file. Returns the blobs found nowhere.
 pub(super) fn check_blobs(
     ctx: &Ctx<'_>,
     refs: &BTreeMap<BlobId, Vec<Expect>>,
+    inline: BTreeMap<BlobId, BlobOutcome>,
     report: &mut Report,
     progress: &mut dyn FnMut(Progress),
 ) -> Vec<BlobId> {
-    let work: Vec<(&BlobId, &Vec<Expect>)> = refs.iter().collect();
+    let total = refs.len() as u64;
+    let mut judged = 0u64;
+    let mut found_inline = BTreeSet::new();
+    for (id, outcome) in inline {
+        if let Some(expects) = refs.get(&id) {
+            judge_blob(&id, expects, outcome, report);
+            found_inline.insert(id);
+            judged += 1;
+        }
+    }
+    let work: Vec<(&BlobId, &Vec<Expect>)> = refs
+        .iter()
+        .filter(|(id, _)| !found_inline.contains(*id))
+        .collect();
     let mut missing = Vec::new();
-    let total = work.len() as u64;
     let next = AtomicUsize::new(0);
     let threads = std::thread::available_parallelism()
         .map_or(1, usize::from)
@@ -342,10 +429,10 @@ pub(super) fn check_blobs(
         drop(tx);
         progress(Progress {
             phase: Phase::Blobs,
-            done: 0,
+            done: judged,
             total,
         });
-        for (done, (i, outcome)) in (1..).zip(rx) {
+        for (done, (i, outcome)) in (judged + 1..).zip(rx) {
             let (id, expects) = work[i];
             if matches!(outcome, BlobOutcome::Missing) {
                 missing.push(*id);
@@ -368,7 +455,23 @@ fn read_blob(blobs: &BlobStore, id: &BlobId, expects: &[Expect]) -> BlobOutcome 
         Err(BlobError::Corrupt { detail, .. }) => return BlobOutcome::Corrupt(detail),
         Err(e @ BlobError::Io { .. }) => return BlobOutcome::Corrupt(format!("unreadable: {e}")),
     };
-    let computed = integrity::compute(&bytes);
+    judge_sound_bytes(id, &bytes, expects)
+}
+
+/// Judges an inline blob's bytes like a file's: first that they hash to `id`.
+fn judge_bytes(id: &BlobId, bytes: &[u8], expects: &[Expect]) -> BlobOutcome {
+    match blob::verify(id, bytes) {
+        Ok(()) => judge_sound_bytes(id, bytes, expects),
+        Err(BlobError::Corrupt { detail, .. }) => {
+            BlobOutcome::Corrupt(format!("stored inline: {detail}"))
+        }
+        Err(e) => BlobOutcome::Corrupt(e.to_string()),
+    }
+}
+
+/// Size and integrity checks of bytes that hash to `id`.
+fn judge_sound_bytes(id: &BlobId, bytes: &[u8], expects: &[Expect]) -> BlobOutcome {
+    let computed = integrity::compute(bytes);
     let size = bytes.len() as u64;
     let mut problems = Vec::new();
     for (index, expect) in expects.iter().enumerate() {
@@ -377,7 +480,7 @@ fn read_blob(blobs: &BlobStore, id: &BlobId, expects: &[Expect]) -> BlobOutcome 
             problems.push((index, CorruptPackage, detail));
         }
         let claimed = (expect.integrity.as_deref(), expect.shasum.as_deref());
-        if let Err(e) = integrity::verify(&computed, &bytes, claimed.0, claimed.1) {
+        if let Err(e) = integrity::verify(&computed, bytes, claimed.0, claimed.1) {
             problems.push((index, IntegrityMismatch, format!("{e} (blob {id})")));
         }
     }
@@ -475,16 +578,69 @@ fn lost_tarball_of(
         return None;
     }
     let bytes = blobs.read(id).ok()?;
-    let computed = integrity::compute(&bytes);
+    lost_tarball_in(&bytes, missing, scan)
+}
+
+/// The version (among those whose blob is missing) whose integrity `bytes` have.
+fn lost_tarball_in(bytes: &[u8], missing: &[BlobId], scan: &Scan) -> Option<String> {
+    let computed = integrity::compute(bytes);
     missing
         .iter()
         .filter_map(|m| scan.refs.get(m))
         .flatten()
         .find(|e| {
             let claim = e.integrity.as_deref();
-            claim.is_some() && integrity::verify(&computed, &bytes, claim, None).is_ok()
+            claim.is_some() && integrity::verify(&computed, bytes, claim, None).is_ok()
         })
         .map(|e| e.who.clone())
+}
+
+/// Lists the inline blobs their shard does not name as findings; returns those repair may
+/// delete (view index, id, finding index). As with files, an orphan whose content matches a
+/// version whose blob is missing is kept.
+pub(super) fn find_inline_orphans(
+    ctx: &Ctx<'_>,
+    missing: &[BlobId],
+    scan: &Scan,
+    report: &mut Report,
+) -> Vec<(usize, BlobId, usize)> {
+    let mut orphans = Vec::new();
+    for orphan in &scan.inline_orphans {
+        let shard = &ctx.shards[orphan.view];
+        let mut detail = format!(
+            "{} bytes stored inline in shard {}, named by no version and no served record of \
+             that shard",
+            orphan.size, shard.id.0
+        );
+        if let Some(corrupt) = &orphan.corrupt {
+            let _ = write!(detail, "; its bytes are corrupt: {corrupt}");
+        }
+        let lost = if orphan.corrupt.is_none() && !missing.is_empty() {
+            read_inline(shard, &orphan.id).and_then(|bytes| lost_tarball_in(&bytes, missing, scan))
+        } else {
+            None
+        };
+        if let Some(who) = &lost {
+            let _ = write!(
+                detail,
+                "; its content matches {who}, whose blob is missing: kept, the tarball index \
+                 may name the wrong blob"
+            );
+        }
+        let index = report.push(OrphanBlob, orphan.id.to_hex(), detail);
+        if lost.is_none() {
+            orphans.push((orphan.view, orphan.id, index));
+        }
+    }
+    orphans
+}
+
+/// The bytes of inline blob `id` in `shard`, if it can be read.
+fn read_inline(shard: &ShardView<'_>, id: &BlobId) -> Option<Vec<u8>> {
+    let txn = shard.db.begin_read().ok()?;
+    let table = txn.open_table(ShardStore::TABLE_BLOB_INLINE).ok()?;
+    let value = table.get(&id.0).ok()??;
+    Some(value.value().to_vec())
 }
 
 pub(super) fn find_temp_files(ctx: &Ctx<'_>, report: &mut Report) -> Vec<(PathBuf, usize)> {

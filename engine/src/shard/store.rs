@@ -2,11 +2,13 @@
 //!
 //! Reads (`read_*`) may run on any core through redb's MVCC read transactions. Writes go
 //! through `apply_batch`, called only by the shard's single writer: one write transaction per
-//! batch (group commit), committed with `Durability::Immediate`, after every blob the batch
-//! references is durable. A failed commit latches the store `Poisoned` (fail-stop): no later
-//! write is attempted until restart.
+//! batch (group commit), committed with `Durability::Immediate`, after every blob file the
+//! batch references is durable. Tarballs of at most `limits::INLINE_BLOB_BYTES_MAX` bytes are
+//! not files: they are stored in the shard's `blob_inline` table by that same transaction
+//! (durable with the commit, no fsync of their own). A failed commit latches the store
+//! `Poisoned` (fail-stop): no later write is attempted until restart.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::SystemTime;
@@ -15,10 +17,12 @@ use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::tables::{
-    ServedTables, DOCS, META, META_BASE_URL, META_SERVED_FORMAT, PACKAGES, REVS, SERVED,
+    adjust_inline_bytes, read_inline_bytes, ServedTables, BLOB_INLINE, DOCS, META, META_BASE_URL,
+    META_SERVED_FORMAT, PACKAGES, REVS, SERVED,
 };
 use super::ShardId;
-use crate::blob::{BlobError, BlobId, BlobStore};
+use crate::blob::{self, BlobError, BlobId, BlobStore};
+use crate::limits::{INLINE_BLOB_BYTES_MAX, INLINE_BLOB_SPACE_FACTOR};
 use crate::names::{DistTag, PackageName, Version};
 use crate::packument::StoredPackage;
 use crate::publish::{self, Plan, PublishError, PublishRequest};
@@ -38,8 +42,9 @@ pub enum WriteOp {
         request: PublishRequest,
         user: String,
     },
-    /// A publish whose blobs the caller already made durable (`ShardStore::check_publish`,
-    /// then `BlobStore::write_all`); the writer only checks they are still present.
+    /// A publish whose blob files the caller already made durable (`ShardStore::
+    /// check_publish`, then `BlobStore::write_all`); the writer only checks they are still
+    /// present. Its inline-sized tarballs are stored by the writer, in its commit.
     PublishPrepared {
         request: PublishRequest,
         user: String,
@@ -136,16 +141,55 @@ impl WriteError {
 /// Free space kept back for redb's copy-on-write pages and the file system itself.
 const SPACE_RESERVE_BYTES: u64 = 4 * 1024 * 1024;
 
-/// Bytes a plan may add to disk: new blobs, plus the package record and its rendered forms
-/// (full and abbreviated documents and their gzip forms, at most about 3x the record).
-fn space_needed(plan: &Plan, pending: &HashMap<BlobId, Vec<u8>>, blobs: &BlobStore) -> u64 {
-    let new_blobs: u64 = plan
-        .blobs
+/// Bytes a plan may add to disk: new blob files, new inline blobs (`INLINE_BLOB_SPACE_FACTOR`
+/// times their size, in the shard file), plus the package record and its rendered forms (full
+/// and abbreviated documents and their gzip forms, at most about 3x the record).
+fn space_needed(
+    stored: &StoredPackage,
+    new: &BatchBlobs,
+    pending: &HashMap<BlobId, Vec<u8>>,
+    blobs: &BlobStore,
+) -> u64 {
+    let new_files: u64 = new
+        .files
         .iter()
         .filter(|(id, _)| !pending.contains_key(id) && !blobs.has(id))
         .map(|(_, bytes)| bytes.len() as u64)
         .sum();
-    new_blobs + 4 * plan.stored.encode().len() as u64
+    let new_inline: u64 = new
+        .inline
+        .iter()
+        .map(|(_, bytes)| bytes.len() as u64 * INLINE_BLOB_SPACE_FACTOR)
+        .sum();
+    new_files + new_inline + 4 * stored.encode().len() as u64
+}
+
+/// One op's new blobs, sorted by where they go.
+#[derive(Default)]
+struct BatchBlobs {
+    /// Bigger than `INLINE_BLOB_BYTES_MAX`: files of the blob store.
+    files: Vec<(BlobId, Vec<u8>)>,
+    /// Inline-sized, and stored neither in `blob_inline` nor (intact) as a file.
+    inline: Vec<(BlobId, Vec<u8>)>,
+}
+
+/// True when inline-sized blob `id` must be inserted into `blob_inline`: it is not there, and
+/// no intact file holds it (a file written before inline storage existed, or an orphan a
+/// publish reuses, stays a file and is not duplicated). Runs inside the writer's transaction,
+/// so fsck's orphan deletion, which holds every shard's write transaction, cannot remove the
+/// file between this check and the commit naming it.
+fn inline_needed(
+    inline: &redb::Table<'_, &'static [u8; 32], &'static [u8]>,
+    blobs: &BlobStore,
+    id: &BlobId,
+) -> Result<bool, redb::StorageError> {
+    if let Some(stored) = inline.get(&id.0)? {
+        // A damaged copy is replaced by the republished bytes, as a damaged file would be.
+        return Ok(blob::verify(id, stored.value()).is_err());
+    }
+    // A small file is cheap to verify; a damaged one is superseded by the inline copy, which
+    // every read prefers.
+    Ok(!(blobs.has(id) && blobs.read(id).is_ok()))
 }
 
 fn ensure_space(shard_file: &Path, blob_root: &Path, needed: u64) -> Result<(), WriteError> {
@@ -189,6 +233,10 @@ pub enum ReadError {
     Storage { shard: u16, source: redb::Error },
     #[error("stored record for {name} is corrupt: {detail}")]
     Corrupt { name: String, detail: String },
+    /// A tarball read: a blob that does not hash to its id (inline or file), or a blob file
+    /// that is missing or unreadable.
+    #[error(transparent)]
+    Blob(#[from] BlobError),
 }
 
 /// One shard's database.
@@ -222,6 +270,9 @@ impl ShardStore {
     pub(crate) const TABLE_REVS: TableDefinition<'static, &'static str, u64> = REVS;
     /// The `meta` table, for fsck and backup inside the engine.
     pub(crate) const TABLE_META: TableDefinition<'static, &'static str, &'static [u8]> = META;
+    /// The `blob_inline` table, for fsck and backup inside the engine.
+    pub(crate) const TABLE_BLOB_INLINE: TableDefinition<'static, &'static [u8; 32], &'static [u8]> =
+        BLOB_INLINE;
     /// The `meta` key of the base URL served records were rendered for.
     pub(crate) const META_KEY_BASE_URL: &'static str = META_BASE_URL;
 
@@ -257,6 +308,7 @@ impl ShardStore {
             let mut meta = txn.open_table(META)?;
             txn.open_table(PACKAGES)?;
             txn.open_table(REVS)?;
+            txn.open_table(BLOB_INLINE)?;
             let stored_url = meta.get(META_BASE_URL)?.map(|v| v.value().to_vec());
             let url_stale = stored_url.as_deref() != Some(base_url.as_bytes());
             if url_stale {
@@ -409,11 +461,51 @@ impl ShardStore {
             })
     }
 
+    /// The tarball `id` when it is stored inline in this shard (`blob_inline`), verified
+    /// against its blake3 id; `None` when it is not inline (it may be a file of the blob
+    /// store). A package's inline tarballs are in the package's own shard.
+    ///
+    /// # Errors
+    /// redb errors; `Blob(Corrupt)` when the stored bytes do not hash to `id` (never served).
+    pub fn read_blob_inline(&self, id: &BlobId) -> Result<Option<Vec<u8>>, ReadError> {
+        let txn = self.db.begin_read().map_err(|e| self.read_error(e))?;
+        let table = match txn.open_table(BLOB_INLINE) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(self.read_error(e)),
+        };
+        let Some(value) = table.get(&id.0).map_err(|e| self.read_error(e))? else {
+            return Ok(None);
+        };
+        let bytes = value.value().to_vec();
+        blob::verify(id, &bytes)?;
+        Ok(Some(bytes))
+    }
+
+    /// Number and total bytes of the tarballs stored inline in this shard (for metrics): the
+    /// table's length and the total kept in `meta`; no scan.
+    ///
+    /// # Errors
+    /// redb errors.
+    pub fn inline_blob_stats(&self) -> Result<(u64, u64), ReadError> {
+        let txn = self.db.begin_read().map_err(|e| self.read_error(e))?;
+        let count = match txn.open_table(BLOB_INLINE) {
+            Ok(table) => table.len().map_err(|e| self.read_error(e))?,
+            Err(redb::TableError::TableDoesNotExist(_)) => 0,
+            Err(e) => return Err(self.read_error(e)),
+        };
+        let meta = txn.open_table(META).map_err(|e| self.read_error(e))?;
+        let bytes = read_inline_bytes(&meta).map_err(|e| self.read_error(e))?;
+        Ok((count, bytes))
+    }
+
     /// The first half of a publish's work off the writer thread: refuses what the writer
     /// would certainly refuse given the committed state (so a refused publish writes nothing)
-    /// and returns the blobs the request needs stored (its new versions' tarballs, deduplicated)
-    /// with the bytes they may add to disk. The caller makes them durable (`BlobStore::
-    /// write_all`, many requests at once) and then hands the writer `WriteOp::PublishPrepared`.
+    /// and returns the blob files the request needs stored (its new versions' tarballs bigger
+    /// than `INLINE_BLOB_BYTES_MAX`, deduplicated) with the bytes the request may add to disk
+    /// (inline-sized tarballs included: the writer stores those in its commit). The caller
+    /// makes the files durable (`BlobStore::write_all`, many requests at once) and then hands
+    /// the writer `WriteOp::PublishPrepared`.
     /// A publish that passes here can still lose a race to another one in the writer; its
     /// blob is then an orphan, which fsck reports and may remove (never corruption).
     /// Blocks: a read transaction.
@@ -430,6 +522,7 @@ impl ShardStore {
         let current = self.read_stored(name).map_err(|e| match e {
             ReadError::Storage { shard, source } => WriteError::Storage { shard, source },
             ReadError::Corrupt { name, detail } => WriteError::Corrupt { name, detail },
+            ReadError::Blob(e) => WriteError::Blob(e),
         })?;
         if let Some(stored) = &current {
             publish::check_maintainer(stored, name, user)?;
@@ -465,7 +558,10 @@ impl ShardStore {
                     }));
                 }
             }
-            if !fresh.contains(&new.blob) {
+            if new.tarball.len() <= INLINE_BLOB_BYTES_MAX {
+                // Counted even when a file already holds it: an overestimate, without a stat.
+                needed += new.tarball.len() as u64 * INLINE_BLOB_SPACE_FACTOR;
+            } else if !fresh.contains(&new.blob) {
                 fresh.push(new.blob);
                 if !blobs.has(&new.blob) {
                     needed += new.tarball.len() as u64;
@@ -535,9 +631,10 @@ impl ShardStore {
     }
 
     /// Applies `ops` in order in one durable transaction (group commit) and returns one result
-    /// per op. An op that is refused leaves no trace; the others still commit. Blobs are made
-    /// durable before the commit, so metadata never names a missing blob. Packages touched by
-    /// several ops are rendered once. Blocks: fsync (blobs, then the commit).
+    /// per op. An op that is refused leaves no trace; the others still commit. Blob files are
+    /// made durable before the commit, so metadata never names a missing blob; inline-sized
+    /// tarballs go into `blob_inline` in the commit itself. Packages touched by several ops are
+    /// rendered once. Blocks: fsync (blob files, then the commit).
     pub fn apply_batch(
         &self,
         ops: Vec<WriteOp>,
@@ -552,26 +649,39 @@ impl ShardStore {
                 .collect();
         }
         let storage = |source: redb::Error| WriteError::Storage { shard, source };
+        let all_fail = |e: redb::Error| {
+            let detail = e.to_string();
+            let io = || redb::Error::Io(std::io::Error::other(detail.clone()));
+            ops.iter().map(|_| Err(storage(io()))).collect()
+        };
         let txn = match self.db.begin_write() {
             Ok(txn) => txn,
-            Err(e) => {
-                let detail = redb::Error::from(e).to_string();
-                let io = || redb::Error::Io(std::io::Error::other(detail.clone()));
-                return ops.iter().map(|_| Err(storage(io()))).collect();
-            }
+            Err(e) => return all_fail(e.into()),
+        };
+        let mut inline = match txn.open_table(BLOB_INLINE) {
+            Ok(table) => table,
+            Err(e) => return all_fail(e.into()),
         };
         let mut results = Vec::with_capacity(ops.len());
-        // For each op that planned: its package and the blobs it needs.
+        // For each op that planned: its package and the blob files it needs.
         let mut needs: Vec<Option<(String, bool, Vec<BlobId>)>> = Vec::with_capacity(ops.len());
         let mut pending: HashMap<BlobId, Vec<u8>> = HashMap::new();
+        let mut inline_pending: HashMap<BlobId, Vec<u8>> = HashMap::new();
         let mut reserved = 0u64;
         let mut touched: HashMap<String, StoredPackage> = HashMap::new();
+        // The blobs each package named before this batch, to find those it stops naming.
+        let mut before: HashMap<String, BTreeSet<BlobId>> = HashMap::new();
         for op in ops {
             let name = op.package().as_str().to_owned();
             let current = match touched.get(&name) {
                 Some(stored) => Some(stored.clone()),
                 None => match read_in_txn(&txn, &name) {
-                    Ok(current) => current,
+                    Ok(current) => {
+                        before
+                            .entry(name.clone())
+                            .or_insert_with(|| blob_ids(current.as_ref()));
+                        current
+                    }
                     Err(e) => {
                         results.push(Err(e));
                         needs.push(None);
@@ -588,16 +698,18 @@ impl ShardStore {
                     continue;
                 }
             };
-            if prepared {
-                // Made durable by the prepare pool; checked again here, inside this shard's
-                // write transaction, because online fsck deletes old unreferenced blobs while
-                // holding every shard's write lock. A blob it removed is written again below.
-                plan.blobs.retain(|(id, _)| !blobs.has(id));
-            }
+            let new = match sort_blobs(&mut plan, prepared, &inline, &inline_pending, blobs) {
+                Ok(new) => new,
+                Err(e) => {
+                    results.push(Err(storage(e.into())));
+                    needs.push(None);
+                    continue;
+                }
+            };
             if plan.changed {
                 // Refuse while nothing is written yet: a commit that runs out of space would
                 // poison the shard, a refusal here leaves everything as it was.
-                let needed = space_needed(&plan, &pending, blobs);
+                let needed = space_needed(&plan.stored, &new, &pending, blobs);
                 if let Err(e) = ensure_space(&self.path, blobs.root(), needed + reserved) {
                     results.push(Err(e.with_shard(shard)));
                     needs.push(None);
@@ -605,9 +717,12 @@ impl ShardStore {
                 }
                 reserved += needed;
             }
-            let ids = plan.blobs.iter().map(|(id, _)| *id).collect();
-            for (id, bytes) in plan.blobs.drain(..) {
+            let ids = new.files.iter().map(|(id, _)| *id).collect();
+            for (id, bytes) in new.files {
                 pending.entry(id).or_insert(bytes);
+            }
+            for (id, bytes) in new.inline {
+                inline_pending.entry(id).or_insert(bytes);
             }
             needs.push(Some((name.clone(), plan.changed, ids)));
             let outcome = match outcome {
@@ -625,14 +740,15 @@ impl ShardStore {
             }
             results.push(Ok(outcome));
         }
-        // Blobs become durable (in parallel, waiting on the disk) while this thread encodes the
-        // records that will name them (CPU); the metadata commits only after both.
+        // Blob files become durable (in parallel, waiting on the disk) while this thread
+        // encodes the records that will name them (CPU); the metadata commits only after both.
         let items: Vec<(BlobId, &[u8])> = pending
             .iter()
             .map(|(id, bytes)| (*id, bytes.as_slice()))
             .collect();
         let (blob_results, mut encoded) = if items.is_empty() {
-            // Prepared publishes and metadata changes: no thread to start and join.
+            // Prepared publishes, inline-sized tarballs and metadata changes: no thread to
+            // start and join.
             (Vec::new(), encode_touched(&touched, &self.base_url))
         } else {
             std::thread::scope(|scope| {
@@ -685,7 +801,13 @@ impl ShardStore {
         if encoded.is_empty() {
             return results;
         }
-        let written = write_encoded(&txn, &encoded).map_err(storage);
+        let written = write_encoded(&txn, &encoded)
+            .and_then(|()| {
+                let changes = inline_changes(&encoded, &touched, &before, inline_pending);
+                write_inline(&txn, &mut inline, changes)
+            })
+            .map_err(storage);
+        drop(inline);
         let committed = written.and_then(|()| txn.commit().map_err(|e| storage(e.into())));
         match committed {
             Ok(()) => {
@@ -710,6 +832,106 @@ impl ShardStore {
             }
         }
     }
+}
+
+/// Every blob `stored` names (its tarball index), or none.
+fn blob_ids(stored: Option<&StoredPackage>) -> BTreeSet<BlobId> {
+    stored
+        .into_iter()
+        .flat_map(|s| s.tarballs.values())
+        .filter_map(crate::packument::TarballRef::blob_id)
+        .collect()
+}
+
+/// Takes `plan`'s blobs and sorts them: files (for a prepared publish, only those no longer
+/// present: online fsck may have deleted an old orphan the prepare pool found) and the
+/// inline-sized ones that must be inserted (`inline_needed`, skipping those already pending).
+fn sort_blobs(
+    plan: &mut Plan,
+    prepared: bool,
+    inline: &redb::Table<'_, &'static [u8; 32], &'static [u8]>,
+    inline_pending: &HashMap<BlobId, Vec<u8>>,
+    blobs: &BlobStore,
+) -> Result<BatchBlobs, redb::StorageError> {
+    let mut new = BatchBlobs::default();
+    for (id, bytes) in plan.blobs.drain(..) {
+        if bytes.len() <= INLINE_BLOB_BYTES_MAX {
+            if !inline_pending.contains_key(&id) && inline_needed(inline, blobs, &id)? {
+                new.inline.push((id, bytes));
+            }
+        } else if !prepared || !blobs.has(&id) {
+            // Made durable by the prepare pool; checked again here, inside this shard's
+            // write transaction, because online fsck deletes old unreferenced blobs while
+            // holding every shard's write lock. A blob it removed is written again.
+            new.files.push((id, bytes));
+        }
+    }
+    Ok(new)
+}
+
+/// What a commit changes in `blob_inline`.
+struct InlineChanges {
+    insert: Vec<(BlobId, Vec<u8>)>,
+    remove: Vec<BlobId>,
+}
+
+/// The inline blobs to insert (pending ones that a committing package names: a package whose
+/// blob files failed commits nothing, and a version published and unpublished in one batch
+/// needs no tarball) and to remove (named before the batch by a committing package, named by
+/// no committing package after it: its versions were unpublished).
+///
+/// Removing is safe because a tarball is named by one package only: every publish checks that
+/// the tarball's `package.json` names the package and version being published
+/// (`publish::check_tarball`), and a package's blobs live in its own shard. An unpublished
+/// `name@version` stays reserved, so its tarball is never named again.
+fn inline_changes(
+    encoded: &[EncodedPackage],
+    touched: &HashMap<String, StoredPackage>,
+    before: &HashMap<String, BTreeSet<BlobId>>,
+    mut pending: HashMap<BlobId, Vec<u8>>,
+) -> InlineChanges {
+    let mut named = BTreeSet::new();
+    for package in encoded {
+        named.extend(blob_ids(touched.get(&package.name)));
+    }
+    let insert = pending
+        .drain()
+        .filter(|(id, _)| named.contains(id))
+        .collect();
+    let remove = encoded
+        .iter()
+        .filter_map(|package| before.get(&package.name))
+        .flatten()
+        .filter(|id| !named.contains(id))
+        .copied()
+        .collect();
+    InlineChanges { insert, remove }
+}
+
+/// Applies `changes` to `blob_inline` and its byte total in `meta`.
+fn write_inline(
+    txn: &redb::WriteTransaction,
+    inline: &mut redb::Table<'_, &'static [u8; 32], &'static [u8]>,
+    changes: InlineChanges,
+) -> Result<(), redb::Error> {
+    if changes.insert.is_empty() && changes.remove.is_empty() {
+        return Ok(());
+    }
+    let (mut added, mut removed) = (0u64, 0u64);
+    for (id, bytes) in &changes.insert {
+        if let Some(old) = inline.insert(&id.0, bytes.as_slice())? {
+            removed += old.value().len() as u64;
+        }
+        added += bytes.len() as u64;
+    }
+    for id in &changes.remove {
+        if let Some(old) = inline.remove(&id.0)? {
+            removed += old.value().len() as u64;
+        }
+    }
+    let mut meta = txn.open_table(META)?;
+    adjust_inline_bytes(&mut meta, added, removed)?;
+    Ok(())
 }
 
 enum PlannedOutcome {

@@ -7,6 +7,10 @@
 //!   representation clients ask for.
 //! - `revs`:     name -> u64 revision: lets a core check a cached served value cheaply.
 //! - `meta`:     key -> bytes: facts about the shard (e.g. the base URL documents embed).
+//! - `blob_inline`: blake3 `BlobId` (32 bytes) -> tarball bytes, for tarballs of at most
+//!   `limits::INLINE_BLOB_BYTES_MAX` bytes of the packages in this shard. An entry is written
+//!   in the transaction that commits the version naming it, and holds exactly the bytes that
+//!   hash to its key (verified on every read, like a blob file).
 
 use redb::TableDefinition;
 
@@ -21,11 +25,17 @@ pub(crate) const DOCS: [TableDefinition<&str, &[u8]>; 4] = [
 ];
 pub(crate) const REVS: TableDefinition<&str, u64> = TableDefinition::new("revs");
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+pub(crate) const BLOB_INLINE: TableDefinition<&[u8; 32], &[u8]> =
+    TableDefinition::new("blob_inline");
 
 /// `meta` key: the public base URL the served documents were rendered for.
 pub(crate) const META_BASE_URL: &str = "base_url";
 /// `meta` key: the layout version (`served::FORMAT`, one byte) of the served values.
 pub(crate) const META_SERVED_FORMAT: &str = "served_format";
+
+/// `meta` key: total bytes of the values in `blob_inline` (u64, little-endian), kept in the
+/// transactions that change the table, so metrics need no scan.
+pub(crate) const META_INLINE_BLOB_BYTES: &str = "inline_blob_bytes";
 
 /// The served tables of a write transaction, opened once for many packages.
 pub(crate) struct ServedTables<'txn> {
@@ -67,4 +77,31 @@ impl<'txn> ServedTables<'txn> {
         }
         Ok(())
     }
+}
+
+/// The byte total of `blob_inline` as recorded in `meta` (0 when never recorded).
+pub(crate) fn read_inline_bytes(
+    meta: &impl redb::ReadableTable<&'static str, &'static [u8]>,
+) -> Result<u64, redb::StorageError> {
+    Ok(meta
+        .get(META_INLINE_BLOB_BYTES)?
+        .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
+        .map_or(0, u64::from_le_bytes))
+}
+
+/// Adds `added` and subtracts `removed` bytes from the `blob_inline` total in `meta`, in the
+/// caller's write transaction (the one that changes `blob_inline`).
+pub(crate) fn adjust_inline_bytes(
+    meta: &mut redb::Table<'_, &'static str, &'static [u8]>,
+    added: u64,
+    removed: u64,
+) -> Result<(), redb::StorageError> {
+    if added == removed {
+        return Ok(());
+    }
+    let total = read_inline_bytes(meta)?
+        .saturating_add(added)
+        .saturating_sub(removed);
+    meta.insert(META_INLINE_BLOB_BYTES, &total.to_le_bytes()[..])?;
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! `GET /NAME/-/FILE.tgz`. The file name is looked up in the package's tarball index (never
-//! joined to a path); the bytes come from the blob store through the core's tarball cache,
-//! verified against their blake3 name when read from disk.
+//! joined to a path); the bytes come from the package's shard (inline tarballs) or the blob
+//! store (files) through the core's tarball cache, verified against their blake3 name when
+//! read from storage.
 
 use engine::names::PackageName;
 
@@ -15,10 +16,10 @@ pub(super) fn get(name: &PackageName, file: &str, core: &Core) -> Result<Reply, 
     let tarball = index
         .tarball(file)
         .ok_or_else(|| ApiError::not_found(format!("tarball {file:?} of {name} not found")))?;
-    let bytes = core
-        .tarballs
-        .borrow_mut()
-        .get(&core.shared.blobs, &tarball.blob)?;
+    let bytes =
+        core.tarballs
+            .borrow_mut()
+            .get(shard, &core.shared.blobs, &tarball.blob, tarball.size)?;
     let mut reply = Reply::json(200, bytes);
     reply.content_type = OCTET_STREAM;
     Ok(reply)
