@@ -73,7 +73,7 @@ impl AuthStore {
             .set_cache_size(8 * 1024 * 1024)
             .create(path)
             .map_err(storage)?;
-        let txn = db.begin_write().map_err(storage)?;
+        let txn = crate::shard::begin_durable_write(&db).map_err(storage)?;
         txn.open_table(USERS).map_err(storage)?;
         txn.open_table(TOKENS).map_err(storage)?;
         txn.commit().map_err(storage)?;
@@ -104,7 +104,7 @@ impl AuthStore {
     /// # Errors
     /// `UserExists`, redb errors.
     pub fn create_user(&self, user: &UserRecord) -> Result<(), AuthStoreError> {
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = crate::shard::begin_durable_write(&self.db).map_err(storage)?;
         {
             let mut table = txn.open_table(USERS).map_err(storage)?;
             if table.get(user.name.as_str()).map_err(storage)?.is_some() {
@@ -123,7 +123,7 @@ impl AuthStore {
     /// # Errors
     /// redb errors.
     pub fn write_token(&self, hash: &[u8; 32], token: &TokenRecord) -> Result<(), AuthStoreError> {
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = crate::shard::begin_durable_write(&self.db).map_err(storage)?;
         {
             let mut table = txn.open_table(TOKENS).map_err(storage)?;
             let bytes = serde_json::to_vec(token).expect("a plain struct serializes");
@@ -150,7 +150,7 @@ impl AuthStore {
     /// # Errors
     /// redb errors.
     pub fn delete_token(&self, hash: &[u8; 32]) -> Result<bool, AuthStoreError> {
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = crate::shard::begin_durable_write(&self.db).map_err(storage)?;
         let existed = {
             let mut table = txn.open_table(TOKENS).map_err(storage)?;
             let removed = table.remove(hash).map_err(storage)?;

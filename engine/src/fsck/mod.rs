@@ -248,6 +248,9 @@ fn open_for_check(path: &Path, report: &mut Report) -> Result<Option<Database>, 
 /// rolled back: redb cannot tell a commit torn by a crash from a damaged one, and rolling a
 /// damaged durable commit back would lose acknowledged writes. (A server start rolls a torn
 /// commit back; an acknowledged write is never in one, as it is acknowledged after the commit.)
+/// Every commit this build makes is two-phase (`shard::begin_durable_write`), so a killed
+/// process cannot leave a torn one; such a finding then points at damage, or at a file last
+/// written by an older build.
 pub(crate) fn open_checked(path: &Path) -> Result<Database, RedbOpenFailure> {
     let rollback = Arc::new(AtomicBool::new(false));
     let seen = Arc::clone(&rollback);

@@ -53,7 +53,7 @@ fn rewrite_served<'n>(
     base_url: &str,
     names: impl Iterator<Item = &'n String>,
 ) -> Result<Vec<(String, &'static str)>, redb::Error> {
-    let txn = db.begin_write()?;
+    let txn = crate::shard::begin_durable_write(db)?;
     let mut done = Vec::new();
     {
         let mut packages = txn.open_table(ShardStore::TABLE_PACKAGES)?;
@@ -198,7 +198,7 @@ fn delete_inline_unreferenced(
     db: &Database,
     candidates: &[(BlobId, usize)],
 ) -> Result<Option<Vec<usize>>, redb::Error> {
-    let txn = db.begin_write()?;
+    let txn = crate::shard::begin_durable_write(db)?;
     let mut deleted = Vec::new();
     {
         let packages = txn.open_table(ShardStore::TABLE_PACKAGES)?;
@@ -237,7 +237,7 @@ fn references_under_barrier<T>(
     }
     let mut txns = Vec::with_capacity(ctx.shards.len());
     for shard in &ctx.shards {
-        txns.push(shard.db.begin_write()?);
+        txns.push(crate::shard::begin_durable_write(&shard.db)?);
     }
     let mut referenced = BTreeSet::new();
     let mut complete = true;

@@ -303,7 +303,7 @@ impl ShardStore {
     }
 
     fn prepare(&self, base_url: &str) -> Result<(), redb::Error> {
-        let txn = self.db.begin_write()?;
+        let txn = super::begin_durable_write(&self.db)?;
         let (url_stale, format_stale) = {
             let mut meta = txn.open_table(META)?;
             txn.open_table(PACKAGES)?;
@@ -594,7 +594,7 @@ impl ShardStore {
             return Err(WriteError::Poisoned { shard });
         }
         let storage = |source: redb::Error| WriteError::Storage { shard, source };
-        let mut txn = self.db.begin_write().map_err(|e| storage(e.into()))?;
+        let mut txn = super::begin_durable_write(&self.db).map_err(|e| storage(e.into()))?;
         txn.set_quick_repair(true);
         txn.commit().map_err(|e| storage(e.into()))
     }
@@ -654,7 +654,7 @@ impl ShardStore {
             let io = || redb::Error::Io(std::io::Error::other(detail.clone()));
             ops.iter().map(|_| Err(storage(io()))).collect()
         };
-        let txn = match self.db.begin_write() {
+        let txn = match super::begin_durable_write(&self.db) {
             Ok(txn) => txn,
             Err(e) => return all_fail(e.into()),
         };
