@@ -237,7 +237,7 @@ fn references_under_barrier<T>(
     }
     let mut txns = Vec::with_capacity(ctx.shards.len());
     for shard in &ctx.shards {
-        txns.push(crate::shard::begin_durable_write(&shard.db)?);
+        txns.push(crate::shard::begin_durable_write(shard.db)?);
     }
     let mut referenced = BTreeSet::new();
     let mut complete = true;
