@@ -6,8 +6,8 @@
 //! - **nginx** (Debian `nginx-light`): 2 workers, `sendfile on`, `access_log off`, serving
 //!   the identical documents as static files. For every package, the full and abbreviated
 //!   packuments are fetched from AgentRegistry after loading (with `Host` set to nginx's
-//!   address, so tarball URLs point at nginx) and written with a `.gz` twin at the same gzip
-//!   level AgentRegistry uses (`gzip_static on`). The same URL paths work: `GET /NAME` (or
+//!   address, so tarball URLs point at nginx) and written with a `.gz` twin at the gzip
+//!   level AgentRegistry uses for a document of that size (`gzip_static on`). The same URL paths work: `GET /NAME` (or
 //!   `/@scope%2fname`) is rewritten to `/__abbr/NAME.json` when `Accept` names
 //!   `application/vnd.npm.install-v1+json` (a `map` on `$http_accept`) and to
 //!   `/__full/NAME.json` otherwise; tarballs are served from the registry URL layout.
@@ -335,7 +335,7 @@ pub(crate) fn lay_out_nginx_root(
             )?;
             anyhow::ensure!(r.status == 200, "GET {name} ({accept}): {}", r.status);
             let identity = r.decoded_body()?;
-            let gz = gzip6(&identity)?;
+            let gz = gzip_like_agentregistry(&identity)?;
             let path = root.join(variant).join(format!("{name}.json"));
             write(path.clone(), &identity)?;
             write(PathBuf::from(format!("{}.gz", path.display())), &gz)?;
@@ -362,11 +362,14 @@ pub(crate) fn lay_out_nginx_root(
     Ok((files, bytes))
 }
 
-/// gzip at level 6, the level AgentRegistry renders its `.gz` documents with.
-fn gzip6(data: &[u8]) -> Result<Vec<u8>> {
+/// gzip at the level AgentRegistry renders a document of this size with (engine's
+/// `served::gzip_level`: 1 up to 16 KiB, 6 above; served format 3). AgentRegistry answers a
+/// request for another host with the identity form only, so the twin is made here.
+fn gzip_like_agentregistry(data: &[u8]) -> Result<Vec<u8>> {
+    let level = if data.len() <= 16 * 1024 { 1 } else { 6 };
     let mut encoder = flate2::write::GzEncoder::new(
         Vec::with_capacity(data.len() / 4),
-        flate2::Compression::new(6),
+        flate2::Compression::new(level),
     );
     encoder.write_all(data)?;
     Ok(encoder.finish()?)
