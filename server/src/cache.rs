@@ -2,7 +2,8 @@
 //!
 //! `PackageCache`: name -> the served values read so far (each document kind and the tarball
 //! index are loaded on first use, alone: a core serving abbreviated gzip documents holds only
-//! those). A value is valid while the shard's commit generation is unchanged; after any commit
+//! those). A value is valid while the shard's commit generation is unchanged and even (odd
+//! means a commit is running, see `ShardStore::generation`); after any commit
 //! to the shard it is revalidated by reading the package's revision (a few bytes) and reloaded
 //! only when that changed. When full, a quarter of the entries is evicted (in hash order,
 //! which is unrelated to use, so this is random eviction: the cache stays 3/4 to fully used).
@@ -119,12 +120,14 @@ impl PackageCache {
         // Read the generation before the data: a commit racing with this read bumps it, so
         // the next request revalidates instead of trusting a possibly older value.
         let generation = shard.generation();
+        // Odd: a commit is running and may already be visible (`ShardStore::generation`).
+        let settled = generation.is_multiple_of(2);
         if let Some(slot) = self
             .entries
             .get_mut(name)
             .and_then(|e| T::slot(e, kind).as_mut())
         {
-            if slot.generation == generation {
+            if settled && slot.generation == generation {
                 self.hits += 1;
                 return Ok(Some(Rc::clone(&slot.value)));
             }

@@ -245,7 +245,8 @@ pub struct ShardStore {
     path: std::path::PathBuf,
     db: Database,
     base_url: Box<str>,
-    /// Bumped after every commit; cores compare it to skip revalidating cached records.
+    /// Commit sequence for readers' caches: odd while `apply_batch` commits, even otherwise;
+    /// +1 before and +1 after each commit. See `generation`.
     generation: AtomicU64,
     poisoned: AtomicBool,
 }
@@ -376,12 +377,17 @@ impl ShardStore {
     }
 
     /// Tells readers that a commit outside `apply_batch` (fsck's repair) changed packages, so
-    /// cached records are revalidated.
+    /// cached records are revalidated. Adds 2, keeping the parity `generation` documents.
     pub fn note_external_commit(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.generation.fetch_add(2, Ordering::AcqRel);
     }
 
-    /// Commit counter: unchanged means no package in this shard changed.
+    /// Commit sequence, read by the cores' caches before they read data. Even and unchanged
+    /// since a value was loaded: no commit started or ran since, so the value is current.
+    /// Odd: a commit is running; its result may already be visible to readers while this
+    /// number does not yet say so, so nothing may be trusted on the number alone (found by
+    /// the kill -9 harness: a packument read during that window listed a version whose
+    /// tarball the still-trusted cached index did not name, a 404).
     #[must_use]
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
@@ -808,12 +814,13 @@ impl ShardStore {
             })
             .map_err(storage);
         drop(inline);
+        // Odd while the commit runs: a reader's cache trusts nothing loaded or checked then
+        // (the commit becomes visible before this thread gets to say so afterwards).
+        self.generation.fetch_add(1, Ordering::AcqRel);
         let committed = written.and_then(|()| txn.commit().map_err(|e| storage(e.into())));
+        self.generation.fetch_add(1, Ordering::AcqRel);
         match committed {
-            Ok(()) => {
-                self.generation.fetch_add(1, Ordering::AcqRel);
-                results
-            }
+            Ok(()) => results,
             Err(e) => {
                 // Fail-stop: the file's state after a failed commit is not trusted further.
                 self.poisoned.store(true, Ordering::Release);
