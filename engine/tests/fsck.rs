@@ -137,6 +137,20 @@ impl Open {
         }
     }
 
+    /// An online backup of every store into `dest`.
+    fn backup_to(&self, dest: &Path) -> backup::BackupSummary {
+        let shards: Vec<&ShardStore> = self.shards.iter().collect();
+        backup::backup(
+            &self.data,
+            &shards,
+            &self.blobs,
+            &self.auth,
+            dest,
+            &mut |_| {},
+        )
+        .unwrap()
+    }
+
     fn check(&self, repair: bool) -> Report {
         let shards: Vec<&ShardStore> = self.shards.iter().collect();
         fsck::check(&self.data, &shards, &self.blobs, repair, &mut |_| {})
@@ -155,6 +169,17 @@ impl Open {
         }
         out
     }
+}
+
+/// Restores `backup` into the empty `target`, asserting that the restored home checks clean.
+fn restore_clean(backup: &Path, target: &Path) -> backup::RestoreSummary {
+    let restored = backup::restore(backup, target, false, &mut |_| {}).unwrap();
+    assert!(
+        restored.report.is_clean(),
+        "{}",
+        restored.report.render_text()
+    );
+    restored
 }
 
 fn now() -> SystemTime {
@@ -520,17 +545,8 @@ fn backup_while_open_restores_identical_and_clean() {
         })
         .unwrap();
     let expected = open.contents();
-    let shards: Vec<&ShardStore> = open.shards.iter().collect();
     let dest = dir.path().join("backups");
-    let summary = backup::backup(
-        &open.data,
-        &shards,
-        &open.blobs,
-        &open.auth,
-        &dest,
-        &mut |_| {},
-    )
-    .unwrap();
+    let summary = open.backup_to(&dest);
     assert_eq!(summary.packages, 5);
     assert_eq!(summary.blobs, 5);
     assert!(summary.damaged_blobs.is_empty());
@@ -550,12 +566,7 @@ fn backup_while_open_restores_identical_and_clean() {
         "{refused:?}"
     );
     let target = dir.path().join("restored");
-    let restored = backup::restore(&summary.path, &target, false, &mut |_| {}).unwrap();
-    assert!(
-        restored.report.is_clean(),
-        "{}",
-        restored.report.render_text()
-    );
+    let restored = restore_clean(&summary.path, &target);
     assert_eq!(restored.previous, None);
     let reopened = Open::new(&target);
     assert_eq!(reopened.contents(), expected);
@@ -867,17 +878,8 @@ fn backup_and_restore_carry_inline_tarballs() {
     open.publish_small(&["s1", "s2", "@s/s3"]);
     open.publish(&["big"]);
     let expected = open.contents();
-    let shards: Vec<&ShardStore> = open.shards.iter().collect();
     let dest = dir.path().join("backups");
-    let summary = backup::backup(
-        &open.data,
-        &shards,
-        &open.blobs,
-        &open.auth,
-        &dest,
-        &mut |_| {},
-    )
-    .unwrap();
+    let summary = open.backup_to(&dest);
     assert!(
         summary.damaged_blobs.is_empty(),
         "{:?}",
@@ -891,12 +893,7 @@ fn backup_and_restore_carry_inline_tarballs() {
     assert_eq!(files, vec![BlobId::of(&tarball("big"))]);
     drop(open);
     let target = dir.path().join("restored");
-    let restored = backup::restore(&summary.path, &target, false, &mut |_| {}).unwrap();
-    assert!(
-        restored.report.is_clean(),
-        "{}",
-        restored.report.render_text()
-    );
+    let restored = restore_clean(&summary.path, &target);
     let reopened = Open::new(&target);
     assert_eq!(reopened.contents(), expected);
     for name in ["s1", "s2", "@s/s3"] {

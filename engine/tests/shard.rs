@@ -617,3 +617,39 @@ fn a_corrupt_inline_blob_is_an_error_not_bytes() {
     );
     drop((store, blobs, dir));
 }
+
+/// The commit generation the cores' caches rely on: even whenever no commit runs, and a
+/// revision never changes between two reads of the same even generation. Checked against a
+/// writer committing as fast as it can (the old rule, one bump after the commit, let a reader
+/// see the new revision under the old number).
+#[test]
+fn a_revision_never_changes_under_an_unchanged_even_generation() {
+    let f = Fixture::new();
+    assert_eq!(f.store.generation() % 2, 0);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let mut checked = 0u64;
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for i in 0..300 {
+                let results = f.apply(vec![publish("g", &format!("1.0.{i}"), b"tarball")]);
+                assert!(results.iter().all(Result::is_ok), "{results:?}");
+            }
+            stop.store(true, std::sync::atomic::Ordering::Release);
+        });
+        while !stop.load(std::sync::atomic::Ordering::Acquire) {
+            let before = f.store.generation();
+            let first = f.store.read_rev("g").unwrap();
+            let second = f.store.read_rev("g").unwrap();
+            let after = f.store.generation();
+            if before % 2 == 0 && before == after {
+                assert_eq!(first, second, "revision changed under generation {before}");
+                checked += 1;
+            }
+        }
+    });
+    assert!(checked > 0, "no read ever ran between commits");
+    // 300 commits, each +1 before and +1 after.
+    assert_eq!(f.store.generation(), 600);
+    f.store.note_external_commit();
+    assert_eq!(f.store.generation() % 2, 0);
+}
