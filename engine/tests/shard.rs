@@ -625,7 +625,7 @@ fn a_corrupt_inline_blob_is_an_error_not_bytes() {
 #[test]
 fn a_revision_never_changes_under_an_unchanged_even_generation() {
     let f = Fixture::new();
-    assert_eq!(f.store.generation() % 2, 0);
+    assert!(f.store.generation().is_multiple_of(2));
     let stop = std::sync::atomic::AtomicBool::new(false);
     let mut checked = 0u64;
     std::thread::scope(|scope| {
@@ -641,7 +641,7 @@ fn a_revision_never_changes_under_an_unchanged_even_generation() {
             let first = f.store.read_rev("g").unwrap();
             let second = f.store.read_rev("g").unwrap();
             let after = f.store.generation();
-            if before % 2 == 0 && before == after {
+            if before.is_multiple_of(2) && before == after {
                 assert_eq!(first, second, "revision changed under generation {before}");
                 checked += 1;
             }
@@ -651,5 +651,5 @@ fn a_revision_never_changes_under_an_unchanged_even_generation() {
     // 300 commits, each +1 before and +1 after.
     assert_eq!(f.store.generation(), 600);
     f.store.note_external_commit();
-    assert_eq!(f.store.generation() % 2, 0);
+    assert!(f.store.generation().is_multiple_of(2));
 }
