@@ -893,7 +893,7 @@ fn backup_and_restore_carry_inline_tarballs() {
     assert_eq!(files, vec![BlobId::of(&tarball("big"))]);
     drop(open);
     let target = dir.path().join("restored");
-    let restored = restore_clean(&summary.path, &target);
+    restore_clean(&summary.path, &target);
     let reopened = Open::new(&target);
     assert_eq!(reopened.contents(), expected);
     for name in ["s1", "s2", "@s/s3"] {
