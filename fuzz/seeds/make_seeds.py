@@ -116,7 +116,7 @@ put("config_record", "legacy", slot(0, 0xDEADBEEF, 0b11011, 2, 50, 132, 7))
 put("config_record", "fields", bytes([1, 1, 24, 80]) + struct.pack("<IIQ", 7, 2, 9))
 
 
-SERVED_FORMAT = 3  # engine::served::FORMAT
+SERVED_FORMAT = 4  # engine::served::FORMAT
 
 
 def served_index():

@@ -363,7 +363,7 @@ pub(crate) fn lay_out_nginx_root(
 }
 
 /// gzip at the level AgentRegistry renders a document of this size with (engine's
-/// `served::gzip_level`: 1 up to 16 KiB, 6 above; served format 3). AgentRegistry answers a
+/// `served::gzip_level`: 1 up to 16 KiB, 6 above; served format 4). AgentRegistry answers a
 /// request for another host with the identity form only, so the twin is made here.
 fn gzip_like_agentregistry(data: &[u8]) -> Result<Vec<u8>> {
     let level = if data.len() <= 16 * 1024 { 1 } else { 6 };
