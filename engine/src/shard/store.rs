@@ -24,7 +24,7 @@ use super::ShardId;
 use crate::blob::{self, BlobError, BlobId, BlobStore};
 use crate::limits::{INLINE_BLOB_BYTES_MAX, INLINE_BLOB_SPACE_FACTOR};
 use crate::names::{DistTag, PackageName, Version};
-use crate::packument::StoredPackage;
+use crate::packument::{PublishFacts, StoredPackage};
 use crate::publish::{self, Plan, PublishError, PublishRequest};
 use crate::served::{
     decode_doc, decode_index, encode_served, DocKind, EncodedServed, ServedDoc, ServedIndex,
@@ -467,6 +467,25 @@ impl ShardStore {
             })
     }
 
+    /// What a publish is checked against (`PublishFacts`), read without building the stored
+    /// document: the prepare pool's check of every publish.
+    ///
+    /// # Errors
+    /// redb errors, or a corrupt record.
+    pub fn read_publish_facts(&self, name: &str) -> Result<Option<PublishFacts>, ReadError> {
+        let txn = self.db.begin_read().map_err(|e| self.read_error(e))?;
+        let table = txn.open_table(PACKAGES).map_err(|e| self.read_error(e))?;
+        let Some(value) = table.get(name).map_err(|e| self.read_error(e))? else {
+            return Ok(None);
+        };
+        PublishFacts::decode(value.value())
+            .map(Some)
+            .map_err(|e| ReadError::Corrupt {
+                name: name.to_owned(),
+                detail: e.to_string(),
+            })
+    }
+
     /// The tarball `id` when it is stored inline in this shard (`blob_inline`), verified
     /// against its blake3 id; `None` when it is not inline (it may be a file of the blob
     /// store). A package's inline tarballs are in the package's own shard.
@@ -525,26 +544,26 @@ impl ShardStore {
         blobs: &BlobStore,
     ) -> Result<(Vec<BlobId>, u64), WriteError> {
         let name = request.name.as_str();
-        let current = self.read_stored(name).map_err(|e| match e {
+        let current = self.read_publish_facts(name).map_err(|e| match e {
             ReadError::Storage { shard, source } => WriteError::Storage { shard, source },
             ReadError::Corrupt { name, detail } => WriteError::Corrupt { name, detail },
             ReadError::Blob(e) => WriteError::Blob(e),
         })?;
-        if let Some(stored) = &current {
-            publish::check_maintainer(stored, name, user)?;
+        if let Some(facts) = &current {
+            if !facts.is_maintainer(user) {
+                return Err(WriteError::Refused(PublishError::NotMaintainer {
+                    name: name.to_owned(),
+                    user: user.to_owned(),
+                }));
+            }
         }
         let mut fresh: Vec<BlobId> = Vec::new();
         let mut needed = 0u64;
         for new in &request.versions {
             let version = new.version.as_str();
-            if let Some(stored) = &current {
-                let published = stored.versions().is_some_and(|v| v.contains_key(version));
-                if published {
-                    let same = stored
-                        .tarballs
-                        .get(version)
-                        .is_some_and(|t| t.blob == new.blob.to_hex());
-                    if same {
+            if let Some(facts) = &current {
+                if facts.has_version(version) {
+                    if facts.blob(version) == Some(new.blob.to_hex().as_str()) {
                         continue;
                     }
                     return Err(WriteError::Refused(PublishError::VersionExists {
@@ -552,12 +571,7 @@ impl ShardStore {
                         version: version.to_owned(),
                     }));
                 }
-                let reused = stored
-                    .doc
-                    .get("time")
-                    .and_then(serde_json::Value::as_object)
-                    .is_some_and(|time| time.contains_key(version));
-                if reused {
+                if facts.was_published(version) {
                     return Err(WriteError::Refused(PublishError::VersionReused {
                         name: name.to_owned(),
                         version: version.to_owned(),
