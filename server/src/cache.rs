@@ -231,15 +231,28 @@ impl TarballCache {
             Some(bytes) => Bytes::from(bytes),
             None => Bytes::from(blobs.read(id)?),
         };
+        self.insert(*id, bytes.clone());
+        Ok(bytes)
+    }
+
+    /// The bytes of blob `id` if this core holds them.
+    #[must_use]
+    pub fn cached(&self, id: &BlobId) -> Option<Bytes> {
+        self.entries.get(id).cloned()
+    }
+
+    /// Keeps `bytes`, already verified to be blob `id` (unless too big to keep).
+    pub fn insert(&mut self, id: BlobId, bytes: Bytes) {
         if bytes.len() <= TARBALL_CACHE_ENTRY_BYTES_MAX {
             if self.bytes + bytes.len() > TARBALL_CACHE_BYTES_MAX {
                 self.entries.clear();
                 self.bytes = 0;
             }
             self.bytes += bytes.len();
-            self.entries.insert(*id, bytes.clone());
+            if let Some(old) = self.entries.insert(id, bytes) {
+                self.bytes -= old.len();
+            }
         }
-        Ok(bytes)
     }
 }
 

@@ -23,6 +23,7 @@ use engine::blob::BlobStore;
 use engine::shard::{shard_for, ShardStore};
 
 use crate::auth::{AuthWorker, BasicCache};
+use crate::blob_read::BlobReaders;
 use crate::cache::{PackageCache, RebasedCache, TarballCache};
 use crate::config::DriverChoice;
 use crate::live_config::LiveConfig;
@@ -39,6 +40,8 @@ pub struct Shared {
     pub public_url_explicit: bool,
     pub shards: Vec<Arc<ShardStore>>,
     pub blobs: Arc<BlobStore>,
+    /// Reads blob files off the event loop (first reads of big tarballs).
+    pub blob_readers: BlobReaders,
     pub auth: Arc<AuthStore>,
     pub auth_worker: AuthWorker,
     pub writers: Writers,

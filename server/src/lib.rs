@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod api_error;
 pub mod auth;
+pub mod blob_read;
 pub mod cache;
 pub mod config;
 pub mod config_cli;

@@ -40,6 +40,10 @@ pub const PACKAGE_CACHE_BYTES_MAX: usize = 32 * 1024 * 1024;
 /// re-hashing those per request would dominate, so they are cached too.
 pub const TARBALL_CACHE_BYTES_MAX: usize = 128 * 1024 * 1024;
 pub const TARBALL_CACHE_ENTRY_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Threads that read and verify blob files for the cores (`blob_read.rs`), and the reads
+/// that may wait for them.
+pub const BLOB_READ_THREADS: usize = 2;
+pub const BLOB_READ_QUEUE_DEPTH: usize = 1024;
 
 const _: () = assert!(HEADERS_COUNT_MAX * 4 < HEAD_BYTES_MAX);
 const _: () = assert!(SMALL_BODY_BYTES_MAX < BODY_BYTES_MAX);

@@ -24,6 +24,7 @@ use engine::shard::{ShardId, ShardStore};
 use rand::RngCore;
 
 use crate::auth::AuthWorker;
+use crate::blob_read::BlobReaders;
 use crate::config::Config;
 use crate::cores::{self, Shared};
 use crate::live_config::{self, LiveConfig};
@@ -55,6 +56,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     crate::admin::write_server_file(data.home(), listener.local_addr()?)?;
     let (writers, _writer_threads) = Writers::start(&shards, &blobs, &auth)?;
     let auth_worker = AuthWorker::start(Arc::clone(&auth))?;
+    let blob_readers = BlobReaders::start(&blobs)?;
     let blobs_for_scan = Arc::clone(&blobs);
     std::thread::Builder::new()
         .name("blob-stats".into())
@@ -72,6 +74,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         public_url_explicit: config.public_url.is_some(),
         shards,
         blobs,
+        blob_readers,
         auth,
         auth_worker,
         writers,

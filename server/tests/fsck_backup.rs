@@ -542,3 +542,48 @@ fn small_tarballs_are_inline_served_and_survive_a_kill() {
     let fsck = run(&["fsck", "--home", &home_arg(&home)]);
     assert_eq!(fsck.status.code(), Some(0), "{}", describe(&fsck));
 }
+
+#[test]
+fn a_file_tarball_is_read_off_the_core_and_never_served_corrupt() {
+    // Goal: a tarball bigger than 64 KiB (a blob file) is read and verified on the blob reader
+    // threads: served byte for byte while other requests go on, and, once its file is
+    // corrupted on disk, refused with a JSON error on a core that had not cached it, while
+    // the package's documents are still served.
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let large = tarball("huge", "1.0.0", 21, 300_000);
+    assert!(large.len() > 64 * 1024);
+    let server = Server::start(&home);
+    let token = server.login("ada");
+    server.publish(&token, "huge", "1.0.0", &large);
+    let fetches: Vec<_> = (0..8)
+        .map(|_| {
+            let addr = server.addr;
+            std::thread::spawn(move || request(addr, "GET", "/huge/-/huge-1.0.0.tgz", &[], b""))
+        })
+        .collect();
+    for fetch in fetches {
+        let res = fetch.join().unwrap();
+        assert_eq!(res.status, 200, "{}", res.text());
+        assert_eq!(res.body, large);
+    }
+    drop(server);
+
+    let files = blob_files(&home.join("blobs"));
+    assert_eq!(files.len(), 1);
+    let mut bytes = std::fs::read(&files[0]).unwrap();
+    bytes[1000] ^= 0x40;
+    std::fs::write(&files[0], &bytes).unwrap();
+    let server = Server::start(&home);
+    for _ in 0..4 {
+        let res = server.request("GET", "/huge/-/huge-1.0.0.tgz", &[], b"");
+        assert_eq!(res.status, 500, "{}", res.text());
+        let error = res.json();
+        assert!(
+            error["message"].as_str().unwrap().contains("corrupt"),
+            "{error}"
+        );
+        assert!(error["error"].is_string(), "{error}");
+    }
+    assert_eq!(server.get("/huge", &[]).json()["name"], "huge");
+}

@@ -70,7 +70,7 @@ async fn dispatch(
         }
         Route::Tarball { package, file } => {
             read_access(private, head, core).await?;
-            tarball::get(&package_name(&package)?, &file, core)
+            tarball::get(&package_name(&package)?, &file, core).await
         }
         Route::DistTagsGet { package } => {
             read_access(private, head, core).await?;
