@@ -29,11 +29,8 @@ pub(super) fn repair_served(ctx: &Ctx<'_>, scan: &Scan, report: &mut Report) {
             ));
             continue;
         };
-        match rewrite_served(shard.db, base_url, fixes.keys()) {
+        match rewrite_served(shard.db, shard.store, base_url, fixes.keys()) {
             Ok(done) => {
-                if let Some(store) = shard.store {
-                    store.note_external_commit();
-                }
                 for (name, what) in done {
                     for &index in &fixes[&name] {
                         report.repaired(index, what);
@@ -48,8 +45,11 @@ pub(super) fn repair_served(ctx: &Ctx<'_>, scan: &Scan, report: &mut Report) {
     }
 }
 
+/// Online (`store` is the serving shard), the commit goes through `commit_visible`, so the
+/// cores' caches see it as they see the writer's.
 fn rewrite_served<'n>(
     db: &Database,
+    store: Option<&ShardStore>,
     base_url: &str,
     names: impl Iterator<Item = &'n String>,
 ) -> Result<Vec<(String, &'static str)>, redb::Error> {
@@ -89,7 +89,10 @@ fn rewrite_served<'n>(
             packages.insert(name.as_str(), bytes.as_slice())?;
         }
     }
-    txn.commit()?;
+    match store {
+        Some(store) => store.commit_visible(txn)?,
+        None => txn.commit()?,
+    }
     Ok(done)
 }
 

@@ -248,6 +248,8 @@ pub struct ShardStore {
     /// Commit sequence for readers' caches: odd while `apply_batch` commits, even otherwise;
     /// +1 before and +1 after each commit. See `generation`.
     generation: AtomicU64,
+    /// Held across each `commit_visible`.
+    commit_lock: std::sync::Mutex<()>,
     poisoned: AtomicBool,
 }
 
@@ -297,6 +299,7 @@ impl ShardStore {
             db,
             base_url: base_url.into(),
             generation: AtomicU64::new(0),
+            commit_lock: std::sync::Mutex::new(()),
             poisoned: AtomicBool::new(false),
         };
         store.prepare(base_url).map_err(storage)?;
@@ -376,10 +379,24 @@ impl ShardStore {
         &self.db
     }
 
-    /// Tells readers that a commit outside `apply_batch` (fsck's repair) changed packages, so
-    /// cached records are revalidated. Adds 2, keeping the parity `generation` documents.
-    pub fn note_external_commit(&self) {
-        self.generation.fetch_add(2, Ordering::AcqRel);
+    /// Commits `txn`, a write transaction of this shard's database, with `generation` odd while
+    /// the commit runs. Every commit that changes what readers see goes through here: the
+    /// writer's batches and an online fsck repair. The lock keeps those two from interleaving
+    /// their steps: redb lets the second begin its transaction as soon as the first commit
+    /// returns, and without the lock its "+1 before" could land before the first one's
+    /// "+1 after", leaving the number even while a commit runs.
+    pub(crate) fn commit_visible(
+        &self,
+        txn: redb::WriteTransaction,
+    ) -> Result<(), redb::CommitError> {
+        let _serial = self
+            .commit_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        let committed = txn.commit();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        committed
     }
 
     /// Commit sequence, read by the cores' caches before they read data. Even and unchanged
@@ -830,9 +847,8 @@ impl ShardStore {
         drop(inline);
         // Odd while the commit runs: a reader's cache trusts nothing loaded or checked then
         // (the commit becomes visible before this thread gets to say so afterwards).
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        let committed = written.and_then(|()| txn.commit().map_err(|e| storage(e.into())));
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        let committed =
+            written.and_then(|()| self.commit_visible(txn).map_err(|e| storage(e.into())));
         match committed {
             Ok(()) => results,
             Err(e) => {
