@@ -393,7 +393,7 @@ impl ShardStore {
         self.generation.load(Ordering::Acquire)
     }
 
-    fn read_error(&self, source: impl Into<redb::Error>) -> ReadError {
+    pub(crate) fn read_error(&self, source: impl Into<redb::Error>) -> ReadError {
         ReadError::Storage {
             shard: self.id.0,
             source: source.into(),
