@@ -13,7 +13,9 @@ use engine::limits::INLINE_BLOB_BYTES_MAX;
 use engine::names::{DistTag, PackageName, Version};
 use engine::publish::{NewVersion, PublishError, PublishRequest};
 use engine::served::DocKind;
-use engine::shard::{ReadError, ShardId, ShardStore, WriteError, WriteOp, WriteOutcome};
+use engine::shard::{
+    ReadError, ShardId, ShardReader, ShardStore, WriteError, WriteOp, WriteOutcome,
+};
 use engine::update::UpdateRequest;
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -650,4 +652,112 @@ fn a_revision_never_changes_under_an_unchanged_even_generation() {
     assert!(checked > 0, "no read ever ran between commits");
     // 300 commits, each +1 before and +1 after.
     assert_eq!(f.store.generation(), 600);
+}
+
+/// A `ShardReader` keeps its read transaction while the generation is unchanged and even,
+/// and begins a new one as soon as a commit has run: it reads every completed commit.
+#[test]
+fn a_reused_read_transaction_sees_every_completed_commit() {
+    let f = Fixture::new();
+    let results = f.apply(vec![publish("g", "1.0.0", b"one")]);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let mut reader = ShardReader::new();
+    let generation = f.store.generation();
+    let first = reader.read_rev(&f.store, generation, "g").unwrap().unwrap();
+    let doc = reader
+        .read_doc(&f.store, generation, "g", DocKind::AbbreviatedGzip)
+        .unwrap()
+        .unwrap();
+    assert_eq!(doc.rev, first);
+    assert_eq!(reader.read_rev(&f.store, generation, "nope").unwrap(), None);
+    assert_eq!(
+        (reader.begun, reader.reused),
+        (1, 2),
+        "one transaction, reused"
+    );
+
+    let results = f.apply(vec![publish("g", "1.0.1", b"two")]);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let generation = f.store.generation();
+    let second = reader.read_rev(&f.store, generation, "g").unwrap().unwrap();
+    assert_ne!(second, first, "the commit before this read must be visible");
+    assert_eq!(second, f.store.read_rev("g").unwrap().unwrap());
+    let doc = reader
+        .read_doc(&f.store, generation, "g", DocKind::FullGzip)
+        .unwrap()
+        .unwrap();
+    assert_eq!(doc.rev, second);
+    let index = reader
+        .read_index(&f.store, generation, "g")
+        .unwrap()
+        .unwrap();
+    assert_eq!(index.rev, second);
+    assert_eq!((reader.begun, reader.reused), (2, 4));
+
+    // An odd generation (a commit running) never reuses.
+    reader.read_rev(&f.store, generation + 1, "g").unwrap();
+    reader.read_rev(&f.store, generation + 1, "g").unwrap();
+    assert_eq!(reader.begun, 4);
+}
+
+/// The property the server relies on, under a racing writer: a read through a reused
+/// transaction never returns a revision older than one whose commit had completed (its
+/// `apply_batch` returned, which is when a client gets its 201) before the read started.
+#[test]
+fn a_reused_read_transaction_never_misses_a_completed_commit() {
+    let f = Fixture::new();
+    let results = f.apply(vec![publish("g", "1.0.0", b"v")]);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let completed = std::sync::atomic::AtomicU64::new(f.store.read_rev("g").unwrap().unwrap());
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let mut reader = ShardReader::new();
+    let mut reads = 0u64;
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for i in 1..300 {
+                let results = f.apply(vec![publish("g", &format!("1.0.{i}"), b"v")]);
+                assert!(results.iter().all(Result::is_ok), "{results:?}");
+                let rev = f.store.read_rev("g").unwrap().unwrap();
+                completed.store(rev, std::sync::atomic::Ordering::Release);
+            }
+            stop.store(true, std::sync::atomic::Ordering::Release);
+        });
+        while !stop.load(std::sync::atomic::Ordering::Acquire) {
+            // A request: what had completed when it started, then the generation, then data.
+            let floor = completed.load(std::sync::atomic::Ordering::Acquire);
+            let generation = f.store.generation();
+            let rev = reader.read_rev(&f.store, generation, "g").unwrap().unwrap();
+            assert!(
+                rev >= floor,
+                "read rev {rev} after rev {floor} had completed"
+            );
+            let doc = reader
+                .read_doc(&f.store, generation, "g", DocKind::AbbreviatedGzip)
+                .unwrap()
+                .unwrap();
+            assert!(doc.rev >= floor, "read doc rev {} after {floor}", doc.rev);
+            reads += 1;
+        }
+    });
+    assert!(reads > 0);
+    assert!(reader.reused > 0, "the test never reused a transaction");
+    assert!(reader.begun > 1, "the test never saw a commit");
+}
+
+/// `release_if_stale` drops a kept transaction once the shard has committed, and only then.
+#[test]
+fn a_kept_read_transaction_is_released_once_stale() {
+    let f = Fixture::new();
+    let results = f.apply(vec![publish("g", "1.0.0", b"one")]);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let mut reader = ShardReader::new();
+    reader
+        .read_rev(&f.store, f.store.generation(), "g")
+        .unwrap();
+    reader.release_if_stale(&f.store);
+    assert!(reader.holds_transaction(), "nothing committed: kept");
+    let results = f.apply(vec![publish("g", "1.0.1", b"two")]);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    reader.release_if_stale(&f.store);
+    assert!(!reader.holds_transaction());
 }

@@ -24,7 +24,7 @@ use engine::shard::{shard_for, ShardStore};
 
 use crate::auth::{AuthWorker, BasicCache};
 use crate::blob_read::BlobReaders;
-use crate::cache::{PackageCache, RebasedCache, TarballCache};
+use crate::cache::{PackageCache, RebasedCache, SharedPackages, TarballCache};
 use crate::config::DriverChoice;
 use crate::live_config::LiveConfig;
 use crate::metrics::{CoreMetrics, Mailbox, SnapshotRequest};
@@ -39,6 +39,8 @@ pub struct Shared {
     /// URLs for that host, as Verdaccio does, so its credentials and http allow-lists apply.
     pub public_url_explicit: bool,
     pub shards: Vec<Arc<ShardStore>>,
+    /// The packument cache every core reads through (each with its own `PackageCache`).
+    pub packages: Arc<SharedPackages>,
     pub blobs: Arc<BlobStore>,
     /// Reads blob files off the event loop (first reads of big tarballs).
     pub blob_readers: BlobReaders,
@@ -86,8 +88,8 @@ impl Core {
     fn new(index: usize, shared: Arc<Shared>) -> Core {
         Core {
             index,
+            packages: RefCell::new(PackageCache::new(Arc::clone(&shared.packages))),
             shared,
-            packages: RefCell::default(),
             rebased: RefCell::default(),
             tarballs: RefCell::default(),
             basic: RefCell::default(),
@@ -195,6 +197,17 @@ async fn start(
     monoio::spawn(async move {
         while let Ok(reply) = mailbox.recv_async().await {
             let _ = reply.send(answering.metrics_snapshot());
+        }
+    });
+    let releasing = Rc::clone(&core);
+    monoio::spawn(async move {
+        let period = std::time::Duration::from_millis(crate::limits::READ_TXN_RELEASE_MS);
+        loop {
+            monoio::time::sleep(period).await;
+            releasing
+                .packages
+                .borrow_mut()
+                .release_stale(&releasing.shared.shards);
         }
     });
     accept_loop(listener, core).await

@@ -33,8 +33,21 @@ pub const PUBLISH_PREPARE_THREADS: usize = 4;
 pub const PREPARE_BATCH_MAX: usize = 16;
 /// Ops one group commit takes at most.
 pub const WRITER_BATCH_MAX: usize = 256;
-/// Per-core packument cache budget.
-pub const PACKAGE_CACHE_BYTES_MAX: usize = 32 * 1024 * 1024;
+/// Packument cache budget per core: the cache is shared by the cores
+/// (`cache::SharedPackages`), and its budget is this times the core count (128 MiB on two
+/// cores, where two private caches of 32 MiB held the same packages twice). It took 32 MiB
+/// per shard from redb's page cache (engine `CACHE_BYTES`, 64 -> 32), so the full budgets
+/// add up as before; see ARCHITECTURE.md, "One packument cache for every core".
+pub const PACKAGE_CACHE_BYTES_PER_CORE: usize = 64 * 1024 * 1024;
+/// Mutex-guarded segments of the shared packument cache (by name hash): enough that two cores
+/// rarely meet on one lock, few enough that a segment's eviction pass stays short.
+pub const PACKAGE_CACHE_SEGMENTS: usize = 64;
+/// How often each core drops its kept shard read transactions once their shard has
+/// committed (`cache::PackageCache::release_stale`), so an idle core does not pin pages
+/// the writer could reuse.
+pub const READ_TXN_RELEASE_MS: u64 = 250;
+/// Per-core budget of documents rebased for another `Host`.
+pub const REBASED_CACHE_BYTES_MAX: usize = 32 * 1024 * 1024;
 /// Per-core tarball cache budget, and the largest tarball it keeps. Real trees have a few
 /// tarballs of several MiB (typescript: 9.2 MiB in the shared corpus); re-reading and
 /// re-hashing those per request would dominate, so they are cached too.

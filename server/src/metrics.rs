@@ -232,7 +232,7 @@ pub fn render(cores: &[CoreMetrics], writers: &[WriterMetrics], facts: &StoreFac
     render_counter(
         &mut out,
         "packument_cache_hits_total",
-        "Packument reads answered from a core's cache without touching storage.",
+        "Packument reads answered from the packument cache without touching storage.",
         total.cache_hits,
     );
     render_counter(
@@ -244,7 +244,7 @@ pub fn render(cores: &[CoreMetrics], writers: &[WriterMetrics], facts: &StoreFac
     render_counter(
         &mut out,
         "packument_cache_loads_total",
-        "Packuments loaded from storage into a core's cache.",
+        "Packuments loaded from storage into the packument cache.",
         total.cache_loads,
     );
     render_counter(

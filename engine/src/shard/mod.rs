@@ -3,9 +3,11 @@
 //! the data (`data_dir`), so reopening on a machine with a different core count still finds
 //! every package. `shard_for` is the only router.
 
+mod reader;
 mod store;
 pub(crate) mod tables;
 
+pub use reader::ShardReader;
 pub use store::{ReadError, ShardStore, WriteError, WriteOp, WriteOutcome};
 
 /// Begins a write transaction that commits in two phases: the new pages are written and

@@ -32,8 +32,10 @@ use crate::served::{
 };
 use crate::update::{self, UpdateRequest};
 
-/// Page cache per shard. redb fills it lazily; the bound keeps RSS predictable.
-const CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// Page cache per shard. redb fills it lazily; the bound keeps RSS predictable. 32 MiB (was
+/// 64): the server's packument cache, shared by its cores, holds the hot documents
+/// themselves, and took the other 32 MiB per shard (ARCHITECTURE.md).
+const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// A change to one package, applied by the shard's writer.
 #[derive(Debug)]
@@ -410,7 +412,7 @@ impl ShardStore {
         self.generation.load(Ordering::Acquire)
     }
 
-    fn read_error(&self, source: impl Into<redb::Error>) -> ReadError {
+    pub(crate) fn read_error(&self, source: impl Into<redb::Error>) -> ReadError {
         ReadError::Storage {
             shard: self.id.0,
             source: source.into(),
