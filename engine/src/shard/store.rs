@@ -13,22 +13,20 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::SystemTime;
 
-use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::tables::{
     adjust_inline_bytes, read_inline_bytes, ServedTables, BLOB_INLINE, DOCS, META, META_BASE_URL,
     META_SERVED_FORMAT, PACKAGES, REVS, SERVED,
 };
-use super::ShardId;
+use super::{ShardId, ShardReader};
 use crate::blob::{self, BlobError, BlobId, BlobStore};
 use crate::limits::{INLINE_BLOB_BYTES_MAX, INLINE_BLOB_SPACE_FACTOR};
 use crate::names::{DistTag, PackageName, Version};
 use crate::packument::{PublishFacts, StoredPackage};
 use crate::publish::{self, Plan, PublishError, PublishRequest};
 use crate::served::{
-    decode_doc, decode_index, encode_served, DocKind, EncodedServed, ServedDoc, ServedIndex,
-    FORMAT as SERVED_FORMAT,
+    encode_served, DocKind, EncodedServed, ServedDoc, ServedIndex, FORMAT as SERVED_FORMAT,
 };
 use crate::update::{self, UpdateRequest};
 
@@ -424,30 +422,16 @@ impl ShardStore {
     /// # Errors
     /// redb errors.
     pub fn read_rev(&self, name: &str) -> Result<Option<u64>, ReadError> {
-        let txn = self.db.begin_read().map_err(|e| self.read_error(e))?;
-        let table = txn.open_table(REVS).map_err(|e| self.read_error(e))?;
-        let rev = table.get(name).map_err(|e| self.read_error(e))?;
-        Ok(rev.map(|v| v.value()))
+        ShardReader::new().read_rev(self, self.generation(), name)
     }
 
-    /// One pre-rendered document of the package (one copy out of redb into a shared buffer).
+    /// One pre-rendered document of the package (one copy out of redb into a shared buffer),
+    /// in a read transaction of its own (the cores read through their `ShardReader`s).
     ///
     /// # Errors
     /// redb errors, or a corrupt value.
     pub fn read_doc(&self, name: &str, kind: DocKind) -> Result<Option<ServedDoc>, ReadError> {
-        let txn = self.db.begin_read().map_err(|e| self.read_error(e))?;
-        let table = txn
-            .open_table(DOCS[kind.index()])
-            .map_err(|e| self.read_error(e))?;
-        let Some(value) = table.get(name).map_err(|e| self.read_error(e))? else {
-            return Ok(None);
-        };
-        decode_doc(Bytes::copy_from_slice(value.value()))
-            .map(Some)
-            .map_err(|e| ReadError::Corrupt {
-                name: name.to_owned(),
-                detail: format!("{} document: {e}", kind.label()),
-            })
+        ShardReader::new().read_doc(self, self.generation(), name, kind)
     }
 
     /// The package's served index: its revision and tarballs.
@@ -455,17 +439,7 @@ impl ShardStore {
     /// # Errors
     /// redb errors, or a corrupt value.
     pub fn read_index(&self, name: &str) -> Result<Option<ServedIndex>, ReadError> {
-        let txn = self.db.begin_read().map_err(|e| self.read_error(e))?;
-        let table = txn.open_table(SERVED).map_err(|e| self.read_error(e))?;
-        let Some(value) = table.get(name).map_err(|e| self.read_error(e))? else {
-            return Ok(None);
-        };
-        decode_index(value.value())
-            .map(Some)
-            .map_err(|e| ReadError::Corrupt {
-                name: name.to_owned(),
-                detail: e.to_string(),
-            })
+        ShardReader::new().read_index(self, self.generation(), name)
     }
 
     /// The stored package (parsed): for version documents and administration, not hot paths.
@@ -473,17 +447,7 @@ impl ShardStore {
     /// # Errors
     /// redb errors, or a corrupt record.
     pub fn read_stored(&self, name: &str) -> Result<Option<StoredPackage>, ReadError> {
-        let txn = self.db.begin_read().map_err(|e| self.read_error(e))?;
-        let table = txn.open_table(PACKAGES).map_err(|e| self.read_error(e))?;
-        let Some(value) = table.get(name).map_err(|e| self.read_error(e))? else {
-            return Ok(None);
-        };
-        StoredPackage::decode(value.value())
-            .map(Some)
-            .map_err(|e| ReadError::Corrupt {
-                name: name.to_owned(),
-                detail: e.to_string(),
-            })
+        self.read_record(name, StoredPackage::decode)
     }
 
     /// What a publish is checked against (`PublishFacts`), read without building the stored
@@ -492,12 +456,21 @@ impl ShardStore {
     /// # Errors
     /// redb errors, or a corrupt record.
     pub fn read_publish_facts(&self, name: &str) -> Result<Option<PublishFacts>, ReadError> {
+        self.read_record(name, PublishFacts::decode)
+    }
+
+    /// The package's record in `packages`, decoded by `decode`.
+    fn read_record<T>(
+        &self,
+        name: &str,
+        decode: impl FnOnce(&[u8]) -> Result<T, serde_json::Error>,
+    ) -> Result<Option<T>, ReadError> {
         let txn = self.db.begin_read().map_err(|e| self.read_error(e))?;
         let table = txn.open_table(PACKAGES).map_err(|e| self.read_error(e))?;
         let Some(value) = table.get(name).map_err(|e| self.read_error(e))? else {
             return Ok(None);
         };
-        PublishFacts::decode(value.value())
+        decode(value.value())
             .map(Some)
             .map_err(|e| ReadError::Corrupt {
                 name: name.to_owned(),
