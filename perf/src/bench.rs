@@ -116,6 +116,9 @@ pub(crate) struct Spec {
     pub(crate) connections: usize,
     pub(crate) seconds: f64,
     pub(crate) max_requests: Option<u64>,
+    /// Open loop at this many requests per second (see `loadgen::Plan::rate`); None is a
+    /// closed loop.
+    pub(crate) rate: Option<f64>,
 }
 
 /// One measured run.
@@ -124,6 +127,8 @@ pub(crate) struct Row {
     pub(crate) workload: Workload,
     pub(crate) target: String,
     pub(crate) connections: usize,
+    /// Open loop: the offered rate in requests per second.
+    pub(crate) rate: Option<f64>,
     pub(crate) requests: u64,
     pub(crate) errors: u64,
     pub(crate) seconds: f64,
@@ -153,12 +158,16 @@ impl Row {
     }
 
     pub(crate) fn key(&self) -> String {
-        workload_key(self.workload, self.connections)
+        workload_key(self.workload, self.connections, self.rate)
     }
 }
 
-pub(crate) fn workload_key(workload: Workload, connections: usize) -> String {
-    format!("{} c{connections}", workload.label())
+/// `publish c64`, or `publish c64 @2000/s` for an open-loop run.
+pub(crate) fn workload_key(workload: Workload, connections: usize, rate: Option<f64>) -> String {
+    match rate {
+        None => format!("{} c{connections}", workload.label()),
+        Some(r) => format!("{} c{connections} @{r:.0}/s", workload.label()),
+    }
 }
 
 fn requests_for(workload: Workload, target: &Target, set: &PackageSet) -> Vec<Bytes> {
@@ -243,6 +252,7 @@ pub(crate) fn run(ctx: &RunCtx<'_>, spec: &Spec) -> Result<Row> {
             workload: Workload::Swarm,
             target: ctx.label.to_owned(),
             connections: gen.swarm_clients * gen.swarm_connections,
+            rate: None,
             requests: out.requests,
             errors: out.errors,
             seconds: secs,
@@ -283,7 +293,11 @@ pub(crate) fn run(ctx: &RunCtx<'_>, spec: &Spec) -> Result<Row> {
             &ctx.target.authority,
             token,
             gen.publish_packages,
-            prepared_publishes(spec, gen.publish_prepared_per_second),
+            prepared_publishes(
+                spec,
+                gen.publish_prepared_per_second
+                    .max(spec.rate.unwrap_or(0.0).ceil() as usize),
+            ),
         )?))
     } else {
         let requests = requests_for(spec.workload, ctx.target, ctx.set);
@@ -296,6 +310,7 @@ pub(crate) fn run(ctx: &RunCtx<'_>, spec: &Spec) -> Result<Row> {
         threads: gen.threads,
         duration,
         max_requests: spec.max_requests,
+        rate: spec.rate,
         source,
         driver: gen.driver,
         request_timeout: Duration::from_secs(gen.timeout),
@@ -326,6 +341,7 @@ pub(crate) fn run(ctx: &RunCtx<'_>, spec: &Spec) -> Result<Row> {
         workload: spec.workload,
         target: ctx.label.to_owned(),
         connections: spec.connections,
+        rate: spec.rate,
         requests: out.requests,
         errors: out.errors(),
         seconds: secs,

@@ -51,17 +51,26 @@ pub(crate) struct CompareOpts {
     pub(crate) fixture: FixtureOpts,
 }
 
-fn parse_step(step: &str) -> Result<(Workload, usize)> {
-    let (w, c) = step.split_once(':').unwrap_or((step, "64"));
+/// `WORKLOAD[:CONNECTIONS[@RATE]]`: RATE makes the run an open loop at RATE requests/s.
+fn parse_step(step: &str) -> Result<(Workload, usize, Option<f64>)> {
+    let (w, rest) = step.split_once(':').unwrap_or((step, "64"));
+    let (c, rate) = match rest.split_once('@') {
+        Some((c, r)) => {
+            let rate: f64 = r.trim().parse().with_context(|| format!("step {step:?}"))?;
+            anyhow::ensure!(rate > 0.0, "step {step:?}: the rate must be positive");
+            (c, Some(rate))
+        }
+        None => (rest, None),
+    };
     let workload = <Workload as clap::ValueEnum>::from_str(w.trim(), true)
         .map_err(|e| anyhow::anyhow!("step {step:?}: {e}"))?;
     let connections = c.trim().parse().with_context(|| format!("step {step:?}"))?;
-    Ok((workload, connections))
+    Ok((workload, connections, rate))
 }
 
 pub(crate) fn run(opts: &CompareOpts) -> Result<()> {
     let started = Instant::now();
-    let steps: Vec<(Workload, usize)> = opts
+    let steps: Vec<(Workload, usize, Option<f64>)> = opts
         .steps
         .iter()
         .map(|s| parse_step(s))
@@ -105,6 +114,7 @@ pub(crate) fn run(opts: &CompareOpts) -> Result<()> {
                         connections: 16,
                         seconds: opts.warmup,
                         max_requests: None,
+                        rate: None,
                     },
                 )?;
             }
@@ -115,7 +125,7 @@ pub(crate) fn run(opts: &CompareOpts) -> Result<()> {
     for round in 0..opts.rounds.max(1) {
         println!("## Round {}\n\n{}", round + 1, bench::TABLE_HEAD);
         let mut rows = Vec::new();
-        for &(workload, connections) in &steps {
+        for &(workload, connections, rate) in &steps {
             let n = fixture.targets.len();
             for k in 0..n {
                 let t = &fixture.targets[(k + round) % n];
@@ -136,6 +146,7 @@ pub(crate) fn run(opts: &CompareOpts) -> Result<()> {
                     connections,
                     seconds: opts.seconds,
                     max_requests: opts.requests,
+                    rate,
                 };
                 crate::procstat::wait_for_quiet(
                     opts.quiet_threshold,
@@ -303,6 +314,7 @@ fn print_medians(rounds: &[Vec<Row>]) {
                 workload: first.workload,
                 target: target.clone(),
                 connections: first.connections,
+                rate: first.rate,
                 requests: rows.iter().map(|r| r.requests).sum(),
                 errors: rows.iter().map(|r| r.errors).sum(),
                 seconds: med(&|r| r.seconds).unwrap_or(0.0),
@@ -408,10 +420,33 @@ fn print_targets(rounds: &[Vec<Row>]) {
     );
     let p99 = med_row(key, "agentregistry", &|r| r.p99_ms);
     println!(
-        "| {key}: p99 < 20 ms | {} | {} |",
+        "| {key}: p99 < 20 ms (closed loop) | {} | {} |",
         p99.map_or("-".to_owned(), |v| format!("{v:.2} ms")),
         verdict(p99.map(|v| v < 20.0))
     );
+    // Open loop: 2,000 publishes/s offered and answered, p99 from when each was due.
+    for open in keys(rounds)
+        .into_iter()
+        .filter(|k| k.starts_with("publish ") && k.contains('@'))
+    {
+        let offered = rounds
+            .iter()
+            .flatten()
+            .find(|r| r.key() == open)
+            .and_then(|r| r.rate)
+            .unwrap_or(0.0);
+        let answered = med_row(&open, "agentregistry", &|r| r.rps);
+        let p99 = med_row(&open, "agentregistry", &|r| r.p99_ms);
+        let ok = answered
+            .zip(p99)
+            .map(|(a, p)| offered >= 2000.0 && a >= 0.98 * offered && p < 20.0);
+        println!(
+            "| {open}: 2,000/s offered, all answered, p99 < 20 ms | {} answered, p99 {} | {} |",
+            answered.map_or("-".to_owned(), |v| format!("{v:.0}/s")),
+            p99.map_or("-".to_owned(), |v| format!("{v:.2} ms")),
+            verdict(ok)
+        );
+    }
     let v = ratio_median(rounds, key, "verdaccio", rps);
     println!(
         "| {key}: >= 15x Verdaccio | {} | {} |",

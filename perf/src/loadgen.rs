@@ -168,6 +168,9 @@ pub(crate) struct Plan {
     pub(crate) threads: usize,
     pub(crate) duration: Duration,
     pub(crate) max_requests: Option<u64>,
+    /// Open loop: requests per second over all connections, scheduled evenly from the start;
+    /// None is a closed loop (each connection sends its next request when the last is answered).
+    pub(crate) rate: Option<f64>,
     pub(crate) source: Source,
     pub(crate) driver: Driver,
     pub(crate) request_timeout: Duration,
@@ -195,15 +198,35 @@ impl Outcome {
 struct Shared {
     issued: AtomicU64,
     max: Option<u64>,
+    start: Instant,
     deadline: Instant,
+    /// Open loop: nanoseconds between scheduled requests.
+    interval_ns: Option<f64>,
+}
+
+/// The next request a connection may send.
+#[derive(Clone, Copy)]
+enum Ticket {
+    /// Closed loop: now.
+    Now,
+    /// Open loop: at this instant.
+    At(Instant),
 }
 
 impl Shared {
-    fn take(&self) -> bool {
-        Instant::now() < self.deadline
-            && self
-                .max
-                .is_none_or(|m| self.issued.fetch_add(1, Ordering::Relaxed) < m)
+    /// The next ticket, or None when the run is over (deadline or request budget).
+    fn take(&self) -> Option<Ticket> {
+        let within_budget = |i: u64| self.max.is_none_or(|m| i < m);
+        match self.interval_ns {
+            None => (Instant::now() < self.deadline
+                && within_budget(self.issued.fetch_add(1, Ordering::Relaxed)))
+            .then_some(Ticket::Now),
+            Some(ns) => {
+                let i = self.issued.fetch_add(1, Ordering::Relaxed);
+                let at = self.start + Duration::from_nanos((i as f64 * ns) as u64);
+                (within_budget(i) && at < self.deadline).then_some(Ticket::At(at))
+            }
+        }
     }
 }
 
@@ -249,12 +272,14 @@ struct Ctx {
 /// Runs `plan` to completion (deadline or request budget) and merges the threads' results.
 pub(crate) fn run(plan: &Plan) -> Result<Outcome> {
     let threads = plan.threads.clamp(1, plan.connections.max(1));
+    let start = Instant::now();
     let shared = Arc::new(Shared {
         issued: AtomicU64::new(0),
         max: plan.max_requests,
-        deadline: Instant::now() + plan.duration,
+        start,
+        deadline: start + plan.duration,
+        interval_ns: plan.rate.filter(|r| *r > 0.0).map(|r| 1e9 / r),
     });
-    let start = Instant::now();
     let mut handles = Vec::new();
     for t in 0..threads {
         let connections = plan.connections / threads + usize::from(t < plan.connections % threads);
@@ -340,7 +365,24 @@ async fn thread_main(ctx: Rc<Ctx>, connections: usize, seed: u64) {
 async fn connection(ctx: Rc<Ctx>, mut rng: u64) {
     let mut buf: Vec<u8> = Vec::with_capacity(READ_BUFFER_BYTES);
     let mut stream: Option<TcpStream> = None;
-    while ctx.shared.take() {
+    while let Some(ticket) = ctx.shared.take() {
+        // Open loop: wait for the ticket's time. Latency then counts from the moment the
+        // request was due, so a server that falls behind is charged for the queue it causes
+        // (no coordinated omission). When the connection had to sleep, it counts from the
+        // wake-up instead: monoio's timer fires on millisecond ticks, and that lateness is
+        // the load generator's, not the server's.
+        let due = match ticket {
+            Ticket::Now => None,
+            Ticket::At(at) => {
+                let now = Instant::now();
+                if at > now {
+                    monoio::time::sleep(at - now).await;
+                    Some(Instant::now())
+                } else {
+                    Some(at)
+                }
+            }
+        };
         let request = match ctx.source.next(&mut rng) {
             Ok(r) => r,
             Err(e) => {
@@ -366,7 +408,7 @@ async fn connection(ctx: Rc<Ctx>, mut rng: u64) {
             }
         }
         let Some(s) = stream.as_mut() else { continue };
-        let started = Instant::now();
+        let started = due.unwrap_or_else(Instant::now);
         let result = monoio::time::timeout(
             ctx.timeout,
             exchange(s, request, std::mem::take(&mut buf), None),

@@ -112,6 +112,10 @@ struct BenchArgs {
     /// Stop after this many requests (default: time-bounded only).
     #[arg(long)]
     requests: Option<u64>,
+    /// Open loop: offer this many requests per second, evenly spaced, whatever the answers
+    /// take; latency counts from when each request was due (default: closed loop).
+    #[arg(long)]
+    rate: Option<f64>,
     /// The server's PID: its CPU (with descendants) and RSS are recorded.
     #[arg(long)]
     server_pid: Option<u32>,
@@ -206,6 +210,7 @@ fn run_bench(args: &BenchArgs) -> Result<()> {
             connections: args.connections,
             seconds: args.seconds,
             max_requests: args.requests,
+            rate: args.rate.filter(|r| *r > 0.0),
         },
     )?;
     println!("{}\n{}", bench::TABLE_HEAD, bench::table_line(&row));

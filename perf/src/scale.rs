@@ -603,6 +603,7 @@ fn measure(
                     connections: opts.connections,
                     seconds: opts.warmup,
                     max_requests: None,
+                    rate: None,
                 },
             )?;
         }
@@ -622,6 +623,7 @@ fn measure(
                     connections: opts.connections,
                     seconds: opts.seconds,
                     max_requests: None,
+                    rate: None,
                 },
             )
             .with_context(|| format!("{} over {label}", workload.label()))?;
