@@ -1,5 +1,6 @@
 //! Packument layer (runs on every write): render a 300-version package to its full and
-//! abbreviated documents, and encode the served values (render + two gzips + etags); and the
+//! abbreviated documents, encode the served values (render + two gzips + etags), and extend
+//! them by one published version (`encode_appended_301v`); and the
 //! read side, decoding the gzip abbreviated document (`served/decode`, what a cache miss of a
 //! pnpm or bun request decodes) and the tarball index (`served/decode_index`).
 //!
@@ -12,7 +13,7 @@ use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use engine::served::{decode_doc, decode_index, encode_served, DocKind};
+use engine::served::{decode_doc, decode_index, encode_appended, encode_served, DocKind};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -42,6 +43,22 @@ fn bench_packument(c: &mut Criterion) {
     group.sample_size(20);
     group.bench_function("encode_served_300v", |b| {
         b.iter(|| encode_served(black_box(&stored), BASE_URL));
+    });
+    group.finish();
+
+    // The publish of version 301: the served documents of the 300 versions extended (what
+    // the writer does for a publish) against `encode_served_300v` of the whole package.
+    let grown = benches::stored_package(&express, &benches::versions(301));
+    let old = [
+        &encoded.docs[0][..],
+        &encoded.docs[1][..],
+        &encoded.docs[2][..],
+        &encoded.docs[3][..],
+    ];
+    assert!(encode_appended(&grown, BASE_URL, 300, old).is_some());
+    let mut group = c.benchmark_group("packument");
+    group.bench_function("encode_appended_301v", |b| {
+        b.iter(|| encode_appended(black_box(&grown), BASE_URL, 300, old));
     });
     group.finish();
 

@@ -47,10 +47,34 @@ pub struct StoredPackage {
 }
 
 /// The two documents clients read, rendered for one public URL.
+///
+/// Each starts with its `versions` object, versions in publish order, and everything that
+/// a publish changes besides (dist-tags, time, readme, `_rev`, ...) comes after it. A
+/// publish only appends versions, so it leaves `body[..cut]` as it was: the cut is where the
+/// `}` closing `versions` starts, and the served gzip form keeps a sync point there
+/// (`served::encode_appended`).
 #[derive(Debug)]
 pub struct Rendered {
     pub full: Vec<u8>,
+    pub full_cut: usize,
     pub abbreviated: Vec<u8>,
+    pub abbreviated_cut: usize,
+}
+
+/// What appending versions changes in one document: `mid`, the new versions' entries, goes
+/// at the old cut, and `tail` replaces everything after it. The new document is
+/// `old[..old_cut] + mid + tail` and its cut is `old_cut + mid.len()`.
+#[derive(Debug)]
+pub struct AppendedDoc {
+    pub mid: Vec<u8>,
+    pub tail: Vec<u8>,
+}
+
+/// `AppendedDoc` for the full and the abbreviated document.
+#[derive(Debug)]
+pub struct Appended {
+    pub full: AppendedDoc,
+    pub abbreviated: AppendedDoc,
 }
 
 /// Fields of a version manifest kept in the abbreviated packument (npm's registry docs).
@@ -142,115 +166,141 @@ impl StoredPackage {
     }
 
     /// Renders the full and abbreviated documents with tarball URLs under `base_url`
-    /// (no trailing slash). Serialized straight from the stored document (no copy of it is
-    /// built): the full document is `doc` with `_rev` set and every version's relative
-    /// `dist.tarball` made absolute; the abbreviated one is `name`, `modified`, `dist-tags`,
-    /// the versions cut to `ABBREVIATED_VERSION_FIELDS` and `time`.
+    /// (no trailing slash), serialized straight from the stored document (no copy of it is
+    /// built). The full document is `versions` (every relative `dist.tarball` made absolute),
+    /// then the other keys of `doc` in their order with `_rev` set; the abbreviated one is
+    /// `versions` cut to `ABBREVIATED_VERSION_FIELDS`, then `name`, `modified`, `dist-tags`
+    /// and `time`. A `versions` that is missing or not an object renders as `{}`.
     #[must_use]
     pub fn render(&self, base_url: &str) -> Rendered {
         let rev = self.rev_string();
-        let full = serde_json::to_vec(&FullDoc {
-            doc: &self.doc,
-            rev: &rev,
-            base_url,
-        })
-        .expect("a JSON value tree always serializes");
-        let abbreviated = serde_json::to_vec(&AbbreviatedDoc {
-            stored: self,
-            base_url,
-        })
-        .expect("a JSON value tree always serializes");
-        Rendered { full, abbreviated }
+        let versions = self.versions();
+        let render_one = |abbreviated: bool| {
+            let mut out = Vec::with_capacity(1024);
+            out.extend_from_slice(b"{\"versions\":{");
+            if let Some(versions) = versions {
+                write_versions(&mut out, versions, 0, base_url, abbreviated);
+            }
+            let cut = out.len();
+            if abbreviated {
+                self.write_abbreviated_tail(&mut out);
+            } else {
+                self.write_full_tail(&mut out, &rev);
+            }
+            (out, cut)
+        };
+        let (full, full_cut) = render_one(false);
+        let (abbreviated, abbreviated_cut) = render_one(true);
+        Rendered {
+            full,
+            full_cut,
+            abbreviated,
+            abbreviated_cut,
+        }
     }
-}
 
-/// The full packument, as `StoredPackage::render` describes it.
-struct FullDoc<'a> {
-    doc: &'a Map<String, Value>,
-    rev: &'a str,
-    base_url: &'a str,
-}
+    /// The parts of both documents that change when versions `from..` (in `versions` order)
+    /// are appended to a package that had `from` versions, all of them still in place and
+    /// unchanged (what `publish::plan_publish` does). None when `from` is 0 or past the
+    /// versions: there is nothing to append to.
+    #[must_use]
+    pub fn render_appended(&self, base_url: &str, from: usize) -> Option<Appended> {
+        let versions = self.versions()?;
+        if from == 0 || from >= versions.len() {
+            return None;
+        }
+        let rev = self.rev_string();
+        let part = |abbreviated: bool| {
+            let mut mid = Vec::with_capacity(1024);
+            write_versions(&mut mid, versions, from, base_url, abbreviated);
+            let mut tail = Vec::with_capacity(1024);
+            if abbreviated {
+                self.write_abbreviated_tail(&mut tail);
+            } else {
+                self.write_full_tail(&mut tail, &rev);
+            }
+            AppendedDoc { mid, tail }
+        };
+        Some(Appended {
+            full: part(false),
+            abbreviated: part(true),
+        })
+    }
 
-impl Serialize for FullDoc<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let has_rev = self.doc.contains_key("_rev");
-        let mut map = serializer.serialize_map(Some(self.doc.len() + usize::from(!has_rev)))?;
-        for (key, value) in self.doc {
-            match (key.as_str(), value) {
-                ("_rev", _) => map.serialize_entry(key, self.rev)?,
-                ("versions", Value::Object(versions)) => map.serialize_entry(
-                    key,
-                    &Versions {
-                        versions,
-                        base_url: self.base_url,
-                        abbreviated: false,
-                    },
-                )?,
-                _ => map.serialize_entry(key, value)?,
+    /// `}` closing `versions`, then every other key of `doc` in order with `_rev` set, `}`.
+    fn write_full_tail(&self, out: &mut Vec<u8>, rev: &str) {
+        out.push(b'}');
+        let mut has_rev = false;
+        for (key, value) in &self.doc {
+            match key.as_str() {
+                "versions" => {}
+                "_rev" => {
+                    has_rev = true;
+                    write_entry(out, key, &rev);
+                }
+                _ => write_entry(out, key, value),
             }
         }
         if !has_rev {
-            map.serialize_entry("_rev", self.rev)?;
+            write_entry(out, "_rev", &rev);
         }
-        map.end()
+        out.push(b'}');
     }
-}
 
-/// The abbreviated packument.
-struct AbbreviatedDoc<'a> {
-    stored: &'a StoredPackage,
-    base_url: &'a str,
-}
-
-impl Serialize for AbbreviatedDoc<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let doc = &self.stored.doc;
-        let time = doc.get("time");
-        let mut map = serializer.serialize_map(Some(4 + usize::from(time.is_some())))?;
-        map.serialize_entry("name", self.stored.name())?;
+    /// `}` closing `versions`, then `name`, `modified`, `dist-tags` and `time`, `}`.
+    fn write_abbreviated_tail(&self, out: &mut Vec<u8>) {
+        let time = self.doc.get("time");
+        out.push(b'}');
+        write_entry(out, "name", &self.name());
         let modified = time.and_then(|t| t.get("modified")).unwrap_or(&Value::Null);
-        map.serialize_entry("modified", modified)?;
-        match doc.get("dist-tags") {
-            Some(tags) => map.serialize_entry("dist-tags", tags)?,
-            None => map.serialize_entry("dist-tags", &Map::new())?,
-        }
-        match doc.get("versions") {
-            Some(Value::Object(versions)) => map.serialize_entry(
-                "versions",
-                &Versions {
-                    versions,
-                    base_url: self.base_url,
-                    abbreviated: true,
-                },
-            )?,
-            _ => map.serialize_entry("versions", &Map::new())?,
+        write_entry(out, "modified", modified);
+        match self.doc.get("dist-tags") {
+            Some(tags) => write_entry(out, "dist-tags", tags),
+            None => write_entry(out, "dist-tags", &Map::new()),
         }
         if let Some(time) = time {
-            map.serialize_entry("time", time)?;
+            write_entry(out, "time", time);
         }
-        map.end()
+        out.push(b'}');
     }
 }
 
-/// A `versions` object with absolute tarball URLs, each manifest whole or abbreviated.
-struct Versions<'a> {
-    versions: &'a Map<String, Value>,
-    base_url: &'a str,
-    abbreviated: bool,
+/// Writes JSON into a `Vec` (which cannot fail).
+fn write_json(out: &mut Vec<u8>, value: &(impl Serialize + ?Sized)) {
+    serde_json::to_writer(&mut *out, value).expect("a JSON value tree always serializes");
 }
 
-impl Serialize for Versions<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(self.versions.len()))?;
-        for (version, manifest) in self.versions {
-            let manifest = Manifest {
-                manifest,
-                base_url: self.base_url,
-                abbreviated: self.abbreviated,
-            };
-            map.serialize_entry(version, &manifest)?;
+/// `,"key":value`.
+fn write_entry(out: &mut Vec<u8>, key: &str, value: &(impl Serialize + ?Sized)) {
+    out.push(b',');
+    write_json(out, key);
+    out.push(b':');
+    write_json(out, value);
+}
+
+/// The entries of `versions` from position `from` on, `"1.0.0":{...}`, comma-separated and
+/// preceded by a comma unless `from` is 0: what goes inside the `versions` object.
+fn write_versions(
+    out: &mut Vec<u8>,
+    versions: &Map<String, Value>,
+    from: usize,
+    base_url: &str,
+    abbreviated: bool,
+) {
+    for (i, (version, manifest)) in versions.iter().enumerate().skip(from) {
+        if i > 0 {
+            out.push(b',');
         }
-        map.end()
+        write_json(out, version);
+        out.push(b':');
+        write_json(
+            out,
+            &Manifest {
+                manifest,
+                base_url,
+                abbreviated,
+            },
+        );
     }
 }
 
@@ -490,17 +540,31 @@ mod tests {
         }
     }
 
-    /// The rendering as it was done before `render` serialized straight from the document:
-    /// a copy of the document, changed, then serialized. `render` must give the same bytes.
-    fn render_reference(stored: &StoredPackage, base_url: &str) -> Rendered {
-        let mut full = stored.doc.clone();
-        full.insert("_rev".into(), Value::String(stored.rev_string()));
-        if let Some(Value::Object(versions)) = full.get_mut("versions") {
-            for manifest in versions.values_mut() {
-                absolutize_tarball(manifest, base_url);
+    /// The rendering as it was done before `render` serialized straight from the document
+    /// (a copy of the document, changed, then serialized), with `versions` moved first as
+    /// `render` lays it out. `render` must give the same bytes.
+    fn render_reference(stored: &StoredPackage, base_url: &str) -> (Vec<u8>, Vec<u8>) {
+        let mut versions = match stored.doc.get("versions") {
+            Some(Value::Object(versions)) => versions.clone(),
+            _ => Map::new(),
+        };
+        for manifest in versions.values_mut() {
+            absolutize_tarball(manifest, base_url);
+        }
+        let mut full = Map::new();
+        full.insert("versions".into(), Value::Object(versions.clone()));
+        for (key, value) in &stored.doc {
+            if key != "versions" {
+                full.insert(key.clone(), value.clone());
             }
         }
+        full.insert("_rev".into(), Value::String(stored.rev_string()));
         let mut abbreviated = Map::new();
+        let mut versions_abbreviated = Map::new();
+        for (version, manifest) in &versions {
+            versions_abbreviated.insert(version.clone(), abbreviate(manifest));
+        }
+        abbreviated.insert("versions".into(), Value::Object(versions_abbreviated));
         abbreviated.insert("name".into(), Value::String(stored.name().to_owned()));
         let modified = stored
             .doc
@@ -517,20 +581,13 @@ mod tests {
                 .cloned()
                 .unwrap_or_else(|| Value::Object(Map::new())),
         );
-        let mut versions_abbreviated = Map::new();
-        if let Some(Value::Object(versions)) = full.get("versions") {
-            for (version, manifest) in versions {
-                versions_abbreviated.insert(version.clone(), abbreviate(manifest));
-            }
-        }
-        abbreviated.insert("versions".into(), Value::Object(versions_abbreviated));
         if let Some(time) = stored.doc.get("time") {
             abbreviated.insert("time".into(), time.clone());
         }
-        Rendered {
-            full: serde_json::to_vec(&full).unwrap(),
-            abbreviated: serde_json::to_vec(&abbreviated).unwrap(),
-        }
+        (
+            serde_json::to_vec(&full).unwrap(),
+            serde_json::to_vec(&abbreviated).unwrap(),
+        )
     }
 
     fn abbreviate(manifest: &Value) -> Value {
@@ -579,17 +636,92 @@ mod tests {
             };
             for base in ["http://127.0.0.1:4873", "https://r.example/pre\"fix"] {
                 let ours = stored.render(base);
-                let reference = render_reference(&stored, base);
+                let (full, abbreviated) = render_reference(&stored, base);
+                for (doc, cut) in [
+                    (&ours.full, ours.full_cut),
+                    (&ours.abbreviated, ours.abbreviated_cut),
+                ] {
+                    assert!(doc.starts_with(b"{\"versions\":{"));
+                    assert_eq!(doc[cut], b'}', "the cut is where `versions` closes");
+                }
                 assert_eq!(
                     String::from_utf8(ours.full).unwrap(),
-                    String::from_utf8(reference.full).unwrap()
+                    String::from_utf8(full).unwrap()
                 );
                 assert_eq!(
                     String::from_utf8(ours.abbreviated).unwrap(),
-                    String::from_utf8(reference.abbreviated).unwrap()
+                    String::from_utf8(abbreviated).unwrap()
                 );
             }
         }
+    }
+
+    /// Appending versions changes nothing before the cut: the old rendering up to its cut,
+    /// then `render_appended`'s `mid` and `tail`, is the new rendering byte for byte, for
+    /// every split of the versions and whatever the rest of the old document said.
+    #[test]
+    fn appended_parts_extend_the_old_rendering() {
+        let mut stored = sample();
+        let Value::Object(more) = json!({
+            "1.0.1": {"name": "a", "version": "1.0.1", "dist": {"tarball": "a/-/a-1.0.1.tgz"}},
+            "2.0.0-rc.1": "odd",
+            "2.0.0": {"name": "a", "version": "2.0.0", "description": "\u{2028}\"",
+                "dist": {"tarball": "https://cdn/a-2.0.0.tgz"}}
+        }) else {
+            unreachable!()
+        };
+        let Some(Value::Object(versions)) = stored.doc.get_mut("versions") else {
+            unreachable!()
+        };
+        versions.extend(more);
+        stored.doc.insert("readme".into(), json!("new readme"));
+        stored.rev = 11;
+        let base = "http://127.0.0.1:4873";
+        let new = stored.render(base);
+        let count = stored.versions().unwrap().len();
+        for from in 1..count {
+            let mut old = sample();
+            let kept: Map<String, Value> = stored
+                .versions()
+                .unwrap()
+                .iter()
+                .take(from)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            old.doc.insert("versions".into(), Value::Object(kept));
+            old.doc
+                .insert("dist-tags".into(), json!({"latest": "0.0.1"}));
+            let old = old.render(base);
+            let appended = stored.render_appended(base, from).unwrap();
+            for (old_doc, old_cut, part, new_doc, new_cut) in [
+                (
+                    &old.full,
+                    old.full_cut,
+                    &appended.full,
+                    &new.full,
+                    new.full_cut,
+                ),
+                (
+                    &old.abbreviated,
+                    old.abbreviated_cut,
+                    &appended.abbreviated,
+                    &new.abbreviated,
+                    new.abbreviated_cut,
+                ),
+            ] {
+                let mut joined = old_doc[..old_cut].to_vec();
+                joined.extend_from_slice(&part.mid);
+                assert_eq!(joined.len(), new_cut, "from {from}");
+                joined.extend_from_slice(&part.tail);
+                assert_eq!(
+                    String::from_utf8(joined).unwrap(),
+                    String::from_utf8(new_doc.clone()).unwrap(),
+                    "from {from}"
+                );
+            }
+        }
+        assert!(stored.render_appended(base, 0).is_none());
+        assert!(stored.render_appended(base, count).is_none());
     }
 
     #[test]

@@ -7,16 +7,22 @@
 //! touches stay in redb's cache. Layouts (little-endian):
 //!
 //! The index (`served` table), what a tarball GET needs:
-//!   0       format u8 (= 2)
+//!   0       format u8 (= 5)
 //!   1..9    rev u64
 //!   then    base_url: u32 length + bytes
 //!   then    tarball count u32; each: file (u16 length + bytes), blob [u8; 32], size u64
 //!
 //! One document per `DocKind` (`doc_*` tables):
-//!   0       format u8 (= 2)
+//!   0       format u8 (= 5)
 //!   1..9    rev u64
 //!   9       etag length u8, then the etag (quoted; a gzip form ends in `-gz"`)
+//!   then    the cut (`Cut`): body u32, gzip u32, crc u32
 //!   then    the body, to the end of the value
+//!
+//! The cut is where a publish appends: documents start with `versions`, and a publish only
+//! appends versions (`packument::Rendered`). The gzip form is deflated with a sync point at
+//! the cut, so appending re-uses every compressed byte before it and deflates only the new
+//! versions and what follows them (`encode_appended`), instead of the whole document.
 //!
 //! Every value carries the package's revision, so a reader that combines values read at
 //! different times can tell whether they belong together. Decoding checks every length
@@ -25,11 +31,11 @@
 use bytes::Bytes;
 
 use crate::blob::{BlobId, BLOB_ID_BYTES};
-use crate::packument::StoredPackage;
+use crate::packument::{AppendedDoc, StoredPackage};
 
 /// The layout version of every served value. A shard whose `meta` records another version
 /// (or none) re-renders all of them when opened (`ShardStore::open`).
-pub const FORMAT: u8 = 4;
+pub const FORMAT: u8 = 5;
 /// Deflate levels (flate2 on its zlib-rs backend) for pre-compressed documents, by the
 /// identity document's size. The gzip form is paid once per write and served many times, but
 /// most writes are publishes of small packages. zlib-rs level 1 (deflate_quick: static
@@ -95,12 +101,25 @@ impl DocKind {
     }
 }
 
+/// Where a document grows. `body` is the offset in the identity body of the `}` that closes
+/// `versions` and `crc` the CRC-32 of the identity body before it; both are the same in the
+/// identity and the gzip form. In the gzip form, `gzip` is the offset in the gzip body just
+/// after the sync point that ends the deflate data of `identity[..body]` (0 in the identity
+/// form).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cut {
+    pub body: u32,
+    pub gzip: u32,
+    pub crc: u32,
+}
+
 /// One decoded document: its body and validator, at revision `rev`.
 #[derive(Clone, Debug)]
 pub struct ServedDoc {
     pub rev: u64,
     /// A quoted strong validator, e.g. `"a1b2..."`; the gzip form is `"a1b2...-gz"`.
     pub etag: Bytes,
+    pub cut: Cut,
     pub body: Bytes,
 }
 
@@ -190,6 +209,65 @@ pub struct EncodedServed {
 #[must_use]
 pub fn encode_served(stored: &StoredPackage, base_url: &str) -> EncodedServed {
     let rendered = stored.render(base_url);
+    let [full, full_gzip] = encode_pair(stored.rev, &rendered.full, rendered.full_cut);
+    let [abbreviated, abbreviated_gzip] =
+        encode_pair(stored.rev, &rendered.abbreviated, rendered.abbreviated_cut);
+    EncodedServed {
+        index: encode_index(stored, base_url),
+        docs: [full, full_gzip, abbreviated, abbreviated_gzip],
+    }
+}
+
+/// Encodes the served values of `stored` from `old`, its served documents (indexed by
+/// `DocKind::index`) from when it had its first `from` versions, all still in place and
+/// unchanged (a publish only appends). Renders only the new versions and what follows
+/// them, and deflates only those: the bytes before each cut are copied. The result decodes
+/// to what `encode_served` gives, though the gzip bytes differ.
+///
+/// None when the old documents do not fit (another layout, cuts out of bounds, forms that
+/// disagree) or `from` leaves nothing to append: the caller encodes from scratch.
+#[must_use]
+pub fn encode_appended(
+    stored: &StoredPackage,
+    base_url: &str,
+    from: usize,
+    old: [&[u8]; 4],
+) -> Option<EncodedServed> {
+    let appended = stored.render_appended(base_url, from)?;
+    let pair = |identity: &[u8], gzip: &[u8], part: &AppendedDoc| {
+        let identity = split_doc(identity).ok()?;
+        let gzip = split_doc(gzip).ok()?;
+        if identity.cut.body != gzip.cut.body || identity.cut.crc != gzip.cut.crc {
+            return None;
+        }
+        let cut = usize::try_from(identity.cut.body).ok()?;
+        let prefix = identity.body.get(..cut)?;
+        let mut body = Vec::with_capacity(cut + part.mid.len() + part.tail.len());
+        body.extend_from_slice(prefix);
+        body.extend_from_slice(&part.mid);
+        body.extend_from_slice(&part.tail);
+        let zipped = gzip_appended(prefix, gzip.body, gzip.cut, part, body.len())?;
+        let new_cut = Cut {
+            body: u32::try_from(cut + part.mid.len()).ok()?,
+            gzip: 0,
+            crc: zipped.1.crc,
+        };
+        let etag = etag(&body);
+        Some([
+            doc_value(stored.rev, &etag, new_cut, &body),
+            doc_value(stored.rev, &gzip_etag(&etag), zipped.1, &zipped.0),
+        ])
+    };
+    let [full, full_gzip] = pair(old[0], old[1], &appended.full)?;
+    let [abbreviated, abbreviated_gzip] = pair(old[2], old[3], &appended.abbreviated)?;
+    Some(EncodedServed {
+        index: encode_index(stored, base_url),
+        docs: [full, full_gzip, abbreviated, abbreviated_gzip],
+    })
+}
+
+/// The index value of `stored` for `base_url`.
+fn encode_index(stored: &StoredPackage, base_url: &str) -> Vec<u8> {
     let mut index = Vec::with_capacity(64 + base_url.len() + stored.tarballs.len() * 80);
     index.push(FORMAT);
     index.extend_from_slice(&stored.rev.to_le_bytes());
@@ -213,26 +291,36 @@ pub fn encode_served(stored: &StoredPackage, base_url: &str) -> EncodedServed {
         index.extend_from_slice(&blob);
         index.extend_from_slice(&tarball.size.to_le_bytes());
     }
-    let doc = |body: &[u8], etag: &str| {
-        let mut out = Vec::with_capacity(body.len() + 48);
-        out.push(FORMAT);
-        out.extend_from_slice(&stored.rev.to_le_bytes());
-        out.push(u8::try_from(etag.len()).expect("etags are short"));
-        out.extend_from_slice(etag.as_bytes());
-        out.extend_from_slice(body);
-        out
+    index
+}
+
+/// The identity and gzip values of one rendered document whose cut is at `cut`.
+fn encode_pair(rev: u64, body: &[u8], cut: usize) -> [Vec<u8>; 2] {
+    let (zipped, gzip_cut) = gzip_with_cut(body, cut);
+    let cut = Cut {
+        body: u32::try_from(cut).expect("documents are bounded"),
+        gzip: u32::try_from(gzip_cut).expect("documents are bounded"),
+        crc: zlib_rs::crc32::crc32(0, &body[..cut]),
     };
-    let full_etag = etag(&rendered.full);
-    let abbreviated_etag = etag(&rendered.abbreviated);
-    EncodedServed {
-        index,
-        docs: [
-            doc(&rendered.full, &full_etag),
-            doc(&gzip(&rendered.full), &gzip_etag(&full_etag)),
-            doc(&rendered.abbreviated, &abbreviated_etag),
-            doc(&gzip(&rendered.abbreviated), &gzip_etag(&abbreviated_etag)),
-        ],
-    }
+    let etag = etag(body);
+    [
+        doc_value(rev, &etag, Cut { gzip: 0, ..cut }, body),
+        doc_value(rev, &gzip_etag(&etag), cut, &zipped),
+    ]
+}
+
+/// One document value: the header, then `body`.
+fn doc_value(rev: u64, etag: &str, cut: Cut, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 60);
+    out.push(FORMAT);
+    out.extend_from_slice(&rev.to_le_bytes());
+    out.push(u8::try_from(etag.len()).expect("etags are short"));
+    out.extend_from_slice(etag.as_bytes());
+    out.extend_from_slice(&cut.body.to_le_bytes());
+    out.extend_from_slice(&cut.gzip.to_le_bytes());
+    out.extend_from_slice(&cut.crc.to_le_bytes());
+    out.extend_from_slice(body);
+    out
 }
 
 /// Decodes an index value.
@@ -287,7 +375,27 @@ pub fn decode_index(buf: &[u8]) -> Result<ServedIndex, ServedCorrupt> {
 /// # Errors
 /// `ServedCorrupt` when the header does not fit or the etag is not a quoted validator.
 pub fn decode_doc(buf: Bytes) -> Result<ServedDoc, ServedCorrupt> {
-    let mut r = Reader { buf: &buf, at: 0 };
+    let split = split_doc(&buf)?;
+    let etag_at = split.etag.as_ptr() as usize - buf.as_ptr() as usize;
+    let body_at = buf.len() - split.body.len();
+    Ok(ServedDoc {
+        rev: split.rev,
+        etag: buf.slice(etag_at..etag_at + split.etag.len()),
+        cut: split.cut,
+        body: buf.slice(body_at..),
+    })
+}
+
+/// A document value's fields, borrowed.
+struct SplitDoc<'a> {
+    rev: u64,
+    etag: &'a [u8],
+    cut: Cut,
+    body: &'a [u8],
+}
+
+fn split_doc(buf: &[u8]) -> Result<SplitDoc<'_>, ServedCorrupt> {
+    let mut r = Reader { buf, at: 0 };
     if r.u8()? != FORMAT {
         return Err(ServedCorrupt {
             detail: "unknown format",
@@ -295,18 +403,22 @@ pub fn decode_doc(buf: Bytes) -> Result<ServedDoc, ServedCorrupt> {
     }
     let rev = r.u64()?;
     let etag_len = usize::from(r.u8()?);
-    let etag_at = r.at;
     let etag = r.take(etag_len)?;
     if etag.len() < 2 || etag[0] != b'"' || etag[etag.len() - 1] != b'"' {
         return Err(ServedCorrupt {
             detail: "etag is not a quoted validator",
         });
     }
-    let body_at = r.at;
-    Ok(ServedDoc {
+    let cut = Cut {
+        body: r.u32()?,
+        gzip: r.u32()?,
+        crc: r.u32()?,
+    };
+    Ok(SplitDoc {
         rev,
-        etag: buf.slice(etag_at..etag_at + etag_len),
-        body: buf.slice(body_at..),
+        etag,
+        cut,
+        body: &buf[r.at..],
     })
 }
 
@@ -353,42 +465,197 @@ fn gzip_level(len: usize) -> u32 {
     }
 }
 
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    // Every document gets a gzip form: clients (and Verdaccio, which people compare us with)
-    // expect `Content-Encoding: gzip` whenever they accept it; the cost is paid once per write.
-    let level = gzip_level(bytes.len());
+/// The compressor for `level`, reset, to `f`.
+fn with_deflate<T>(level: u32, f: impl FnOnce(&mut flate2::Compress) -> T) -> T {
     let deflate = if level == GZIP_LEVEL_SMALL {
         &DEFLATE_SMALL
     } else {
         &DEFLATE_LARGE
     };
-    deflate.with_borrow_mut(|deflate| gzip_with(deflate, level, bytes))
+    deflate.with_borrow_mut(|deflate| {
+        deflate.reset();
+        f(deflate)
+    })
 }
 
-/// One gzip member of `bytes`: the header, one raw deflate stream from `deflate` (reset
-/// first, created at `level`), the CRC-32 and the length.
-fn gzip_with(deflate: &mut flate2::Compress, level: u32, bytes: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(bytes.len() / 4 + 64);
-    out.extend_from_slice(&gzip_header(level));
-    deflate.reset();
+/// One gzip member of `bytes` with a sync point after `bytes[..cut]`, and the offset in
+/// the member where the deflate data after that sync point starts.
+// Every document gets a gzip form: clients (and Verdaccio, which people compare us with)
+// expect `Content-Encoding: gzip` whenever they accept it; the cost is paid once per write.
+fn gzip_with_cut(bytes: &[u8], cut: usize) -> (Vec<u8>, usize) {
+    let level = gzip_level(bytes.len());
+    with_deflate(level, |deflate| {
+        let mut out = Vec::with_capacity(bytes.len() / 4 + 64);
+        out.extend_from_slice(&gzip_header(level));
+        deflate_into(
+            deflate,
+            &bytes[..cut],
+            &mut out,
+            flate2::FlushCompress::Sync,
+        );
+        let gzip_cut = out.len();
+        deflate_into(
+            deflate,
+            &bytes[cut..],
+            &mut out,
+            flate2::FlushCompress::Finish,
+        );
+        gzip_trailer(&mut out, zlib_rs::crc32::crc32(0, bytes), bytes.len());
+        (out, gzip_cut)
+    })
+}
+
+/// The gzip body of `prefix + part.mid + part.tail` (`len` bytes) from `old`, the gzip body
+/// of `prefix + old tail` with its cut `cut` after `prefix`: `old` up to that sync point,
+/// then `mid` deflated with the end of `prefix` as its dictionary (the decoder's window at
+/// that point ends with exactly those bytes), a new sync point, and `tail`. Returns
+/// the body and its cut; None when `cut` does not fit `old`.
+fn gzip_appended(
+    prefix: &[u8],
+    old: &[u8],
+    cut: Cut,
+    part: &AppendedDoc,
+    len: usize,
+) -> Option<(Vec<u8>, Cut)> {
+    let gzip_cut = usize::try_from(cut.gzip).ok()?;
+    let kept = old
+        .get(..gzip_cut)
+        .filter(|k| k.len() >= GZIP_HEADER_BYTES)?;
+    let level = gzip_level(len);
+    let window = &prefix[prefix.len().saturating_sub(DICTIONARY_BYTES)..];
+    with_deflate(level, |deflate| {
+        deflate
+            .set_dictionary(window)
+            .expect("a reset raw deflate stream takes a dictionary");
+        let mut out = Vec::with_capacity(kept.len() + (part.mid.len() + part.tail.len()) / 3);
+        out.extend_from_slice(kept);
+        deflate_into(deflate, &part.mid, &mut out, flate2::FlushCompress::Sync);
+        let new_cut = Cut {
+            body: 0,
+            gzip: u32::try_from(out.len()).ok()?,
+            crc: zlib_rs::crc32::crc32(cut.crc, &part.mid),
+        };
+        deflate_into(deflate, &part.tail, &mut out, flate2::FlushCompress::Finish);
+        gzip_trailer(
+            &mut out,
+            zlib_rs::crc32::crc32(new_cut.crc, &part.tail),
+            len,
+        );
+        Some((out, new_cut))
+    })
+    .map(|(out, c)| {
+        let body = cut.body + u32::try_from(part.mid.len()).unwrap_or(u32::MAX);
+        (out, Cut { body, ..c })
+    })
+}
+
+/// Whether a stored gzip document value says what `fresh` (the same document freshly
+/// encoded) says: the same revision, validator and cut, a gzip body that inflates to
+/// `identity` (the fresh identity body), and a cut that is a real sync point after
+/// `identity[..cut.body]` (the deflate data before it ends with a sync flush's empty
+/// stored block), so that the next append builds on sound bytes. The gzip bytes
+/// themselves may differ: appends deflate pieces at different times (`encode_appended`).
+#[must_use]
+pub fn gzip_doc_agrees(stored: &ServedDoc, fresh: &ServedDoc, identity: &[u8]) -> bool {
+    if stored.rev != fresh.rev
+        || stored.etag != fresh.etag
+        || stored.cut.body != fresh.cut.body
+        || stored.cut.crc != fresh.cut.crc
+    {
+        return false;
+    }
+    let mut whole = Vec::with_capacity(identity.len());
+    let inflated = std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(&stored.body[..]),
+        &mut whole,
+    );
+    if inflated.is_err() || whole != identity {
+        return false;
+    }
+    let (Ok(cut), Ok(gzip_cut)) = (
+        usize::try_from(stored.cut.body),
+        usize::try_from(stored.cut.gzip),
+    ) else {
+        return false;
+    };
+    let Some(deflated) = stored.body.get(GZIP_HEADER_BYTES..gzip_cut) else {
+        return false;
+    };
+    // A sync point ends with an empty stored block: LEN 0, NLEN 0xffff.
+    if !deflated.ends_with(&[0, 0, 0xff, 0xff]) {
+        return false;
+    }
+    let mut inflate = flate2::Decompress::new(false);
+    let mut prefix = Vec::with_capacity(cut + 64);
+    loop {
+        if prefix.capacity() - prefix.len() < 64 {
+            prefix.reserve(prefix.capacity() / 2 + 64);
+        }
+        let consumed = usize::try_from(inflate.total_in()).unwrap_or(usize::MAX);
+        let Some(rest) = deflated.get(consumed..) else {
+            return false;
+        };
+        let (in_before, out_before) = (inflate.total_in(), inflate.total_out());
+        match inflate.decompress_vec(rest, &mut prefix, flate2::FlushDecompress::Sync) {
+            Ok(flate2::Status::Ok | flate2::Status::BufError) => {}
+            // The stream must not end before the cut: the tail follows it.
+            Ok(flate2::Status::StreamEnd) | Err(_) => return false,
+        }
+        if prefix.len() > cut {
+            return false;
+        }
+        let all_in = usize::try_from(inflate.total_in()).ok() == Some(deflated.len());
+        if all_in && prefix.len() < prefix.capacity() {
+            break;
+        }
+        if inflate.total_in() == in_before && inflate.total_out() == out_before {
+            return false;
+        }
+    }
+    prefix == identity[..cut.min(identity.len())] && prefix.len() == cut
+}
+
+/// Bytes of a gzip member header as `gzip_header` writes it.
+const GZIP_HEADER_BYTES: usize = 10;
+/// How much of the document before the cut an append hands the compressor as its
+/// dictionary. Deflate could reach 32 KiB back, but loading a dictionary costs a hash insert
+/// per byte (a 32 KiB one was 5% of a publish storm's CPU), and what a new version repeats
+/// is mostly in the versions just before it.
+const DICTIONARY_BYTES: usize = 8 * 1024;
+
+/// Deflates all of `input` into `out` and flushes as `flush` says: `Sync` ends on a byte
+/// boundary with every input byte emitted (an empty stored block), `Finish` ends the stream.
+fn deflate_into(
+    deflate: &mut flate2::Compress,
+    input: &[u8],
+    out: &mut Vec<u8>,
+    flush: flate2::FlushCompress,
+) {
+    let start = deflate.total_in();
     loop {
         if out.capacity() - out.len() < 64 {
             out.reserve(out.capacity() / 2 + 64);
         }
-        let consumed = usize::try_from(deflate.total_in()).expect("input fits in memory");
+        let consumed = usize::try_from(deflate.total_in() - start).expect("input fits in memory");
         let status = deflate
-            .compress_vec(&bytes[consumed..], &mut out, flate2::FlushCompress::Finish)
+            .compress_vec(&input[consumed..], out, flush)
             .expect("deflating into a Vec cannot fail");
-        if status == flate2::Status::StreamEnd {
-            break;
+        let done = usize::try_from(deflate.total_in() - start).expect("input fits in memory")
+            == input.len();
+        match flush {
+            flate2::FlushCompress::Finish if status == flate2::Status::StreamEnd => break,
+            flate2::FlushCompress::Finish => {}
+            // The flush is complete once all input is in and the output had room to spare.
+            _ if done && out.capacity() - out.len() > 0 => break,
+            _ => {}
         }
     }
-    let mut crc = flate2::Crc::new();
-    crc.update(bytes);
-    out.extend_from_slice(&crc.sum().to_le_bytes());
-    // ISIZE is the input length modulo 2^32 (RFC 1952).
-    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-    out
+}
+
+/// The CRC-32 and the length of the input modulo 2^32 (ISIZE, RFC 1952).
+fn gzip_trailer(out: &mut Vec<u8>, crc: u32, len: usize) {
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&(len as u32).to_le_bytes());
 }
 
 struct Reader<'a> {
@@ -438,8 +705,9 @@ mod tests {
     use serde_json::{json, Value};
 
     /// The reusable compressors write exactly what a fresh compressor at the same level
-    /// writes, for inputs small and large (both levels), compressible and not, one after
-    /// another; and the result is a gzip member any decoder reads back.
+    /// writes with the same flushes, for inputs small and large (both levels), compressible
+    /// and not, one after another, cut anywhere; the result is a gzip member any decoder
+    /// reads back, with `GzEncoder`'s header.
     #[test]
     fn reused_compressor_matches_a_fresh_one() {
         use std::io::Read;
@@ -453,22 +721,174 @@ mod tests {
         }
         let json = br#"{"name":"a","versions":{"1.0.0":{"dist":{}}}}"#.repeat(5_000);
         for input in [&b""[..], b"x", &json, &noise, b"{}", &json[..777]] {
-            let level = gzip_level(input.len());
-            let mut fresh = flate2::Compress::new(flate2::Compression::new(level), false);
-            let fresh = gzip_with(&mut fresh, level, input);
-            let ours = gzip(input);
-            assert_eq!(ours, fresh, "input of {} bytes", input.len());
-            let mut back = Vec::new();
-            flate2::read::GzDecoder::new(&ours[..])
-                .read_to_end(&mut back)
-                .unwrap();
-            assert_eq!(back, input);
-            // The header is the one `GzEncoder` writes at this level.
-            let mut encoder =
-                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
-            std::io::Write::write_all(&mut encoder, input).unwrap();
-            assert_eq!(ours[..10], encoder.finish().unwrap()[..10]);
+            for cut in [0, input.len() / 3, input.len()] {
+                let level = gzip_level(input.len());
+                let mut fresh = flate2::Compress::new(flate2::Compression::new(level), false);
+                let mut expected = gzip_header(level).to_vec();
+                deflate_into(
+                    &mut fresh,
+                    &input[..cut],
+                    &mut expected,
+                    flate2::FlushCompress::Sync,
+                );
+                let expected_cut = expected.len();
+                deflate_into(
+                    &mut fresh,
+                    &input[cut..],
+                    &mut expected,
+                    flate2::FlushCompress::Finish,
+                );
+                gzip_trailer(&mut expected, zlib_rs::crc32::crc32(0, input), input.len());
+                let (ours, ours_cut) = gzip_with_cut(input, cut);
+                assert_eq!(ours, expected, "input of {} bytes", input.len());
+                assert_eq!(ours_cut, expected_cut);
+                let mut back = Vec::new();
+                flate2::read::GzDecoder::new(&ours[..])
+                    .read_to_end(&mut back)
+                    .unwrap();
+                assert_eq!(back, input);
+                let mut encoder =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
+                std::io::Write::write_all(&mut encoder, input).unwrap();
+                assert_eq!(ours[..10], encoder.finish().unwrap()[..10]);
+            }
         }
+        let mut crc = flate2::Crc::new();
+        crc.update(&json);
+        assert_eq!(zlib_rs::crc32::crc32(0, &json), crc.sum());
+        assert_eq!(
+            zlib_rs::crc32::crc32(zlib_rs::crc32::crc32(0, &json[..100]), &json[100..]),
+            crc.sum()
+        );
+    }
+
+    /// A package published one version at a time, each time encoded from the documents of
+    /// the time before (never from scratch), serves what a fresh encoding serves: the same
+    /// identity bytes, validators and cuts, and gzip forms that inflate to the same bytes
+    /// with a sound sync point. Manifests are big enough that the documents pass 32 KiB
+    /// (a dictionary of the whole window) and the gzip level changes on the way.
+    #[test]
+    fn appended_encodings_serve_what_fresh_ones_serve() {
+        use std::io::Read;
+        let mut stored = sample();
+        let base = "http://h";
+        let mut served: Option<EncodedServed> = None;
+        for n in 0..60u32 {
+            let version = format!("1.0.{n}");
+            let manifest = json!({
+                "name": "a", "version": version,
+                "description": format!("release {n} {}", "lorem ipsum ".repeat((n % 7) as usize * 40)),
+                "dependencies": {"b": format!("^{n}.0.0")},
+                "dist": {"tarball": format!("a/-/a-{version}.tgz"), "shasum": format!("{n:040}")}
+            });
+            let from = stored.versions().map_or(0, serde_json::Map::len);
+            let Some(Value::Object(versions)) = stored.doc.get_mut("versions") else {
+                unreachable!()
+            };
+            versions.insert(version.clone(), manifest);
+            stored
+                .doc
+                .insert("dist-tags".into(), json!({"latest": version}));
+            stored
+                .doc
+                .insert("readme".into(), json!(format!("readme {n}")));
+            stored.rev += 1;
+            let fresh = encode_served(&stored, base);
+            let next = match &served {
+                None => fresh.clone(),
+                Some(old) => {
+                    let old = [&old.docs[0][..], &old.docs[1], &old.docs[2], &old.docs[3]];
+                    encode_appended(&stored, base, from, old).expect("the old documents fit")
+                }
+            };
+            assert_eq!(next.index, fresh.index);
+            for (identity, gzip) in [(0, 1), (2, 3)] {
+                assert_eq!(next.docs[identity], fresh.docs[identity], "after {version}");
+                let body = decode_doc(Bytes::from(fresh.docs[identity].clone()))
+                    .unwrap()
+                    .body;
+                assert!(
+                    gzip_doc_agrees(&doc_of(&next.docs[gzip]), &doc_of(&fresh.docs[gzip]), &body),
+                    "after {version}"
+                );
+                let doc = decode_doc(Bytes::from(next.docs[gzip].clone())).unwrap();
+                let mut back = Vec::new();
+                flate2::read::GzDecoder::new(&doc.body[..])
+                    .read_to_end(&mut back)
+                    .unwrap();
+                assert_eq!(back, body);
+            }
+            served = Some(next);
+        }
+        let full = decode_doc(Bytes::from(served.unwrap().docs[0].clone())).unwrap();
+        assert!(
+            full.body.len() > 64 * 1024,
+            "the documents grew past the window"
+        );
+    }
+
+    fn doc_of(value: &[u8]) -> ServedDoc {
+        decode_doc(Bytes::copy_from_slice(value)).unwrap()
+    }
+
+    fn as_refs(d: &[Vec<u8>; 4]) -> [&[u8]; 4] {
+        [&d[0][..], &d[1][..], &d[2][..], &d[3][..]]
+    }
+
+    /// Old documents that do not fit are refused (the caller encodes from scratch), and a
+    /// gzip form that lies about its cut or its bytes does not pass the fsck check.
+    #[test]
+    fn mismatched_documents_are_refused() {
+        let mut stored = sample();
+        let Some(Value::Object(versions)) = stored.doc.get_mut("versions") else {
+            unreachable!()
+        };
+        versions.insert(
+            "1.0.0".into(),
+            json!({"dist": {"tarball": "a/-/a-1.0.0.tgz"}}),
+        );
+        let old = encode_served(&stored, "http://h");
+        let Some(Value::Object(versions)) = stored.doc.get_mut("versions") else {
+            unreachable!()
+        };
+        versions.insert(
+            "1.0.1".into(),
+            json!({"dist": {"tarball": "a/-/a-1.0.1.tgz"}}),
+        );
+        stored.rev += 1;
+        let docs = |o: &EncodedServed| {
+            [
+                o.docs[0].clone(),
+                o.docs[1].clone(),
+                o.docs[2].clone(),
+                o.docs[3].clone(),
+            ]
+        };
+        assert!(encode_appended(&stored, "http://h", 1, as_refs(&docs(&old))).is_some());
+        assert!(encode_appended(&stored, "http://h", 0, as_refs(&docs(&old))).is_none());
+        assert!(encode_appended(&stored, "http://h", 2, as_refs(&docs(&old))).is_none());
+        // A gzip cut past its body, and forms whose cuts disagree.
+        let mut bad = docs(&old);
+        let at = 10 + decode_doc(Bytes::from(bad[1].clone())).unwrap().etag.len() + 4;
+        bad[1][at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(encode_appended(&stored, "http://h", 1, as_refs(&bad)).is_none());
+        let mut bad = docs(&old);
+        bad[1][at - 4] ^= 1;
+        assert!(encode_appended(&stored, "http://h", 1, as_refs(&bad)).is_none());
+        assert!(encode_appended(&stored, "http://h", 1, [b"", b"", b"", b""]).is_none());
+        // fsck's check: a sound gzip form agrees; a moved sync point or other bytes do not.
+        let identity = decode_doc(Bytes::from(old.docs[0].clone())).unwrap().body;
+        let sound = doc_of(&old.docs[1]);
+        assert!(gzip_doc_agrees(&sound, &sound, &identity));
+        let mut moved = old.docs[1].clone();
+        let gzip_cut = u32::from_le_bytes(moved[at..at + 4].try_into().unwrap());
+        moved[at..at + 4].copy_from_slice(&(gzip_cut - 1).to_le_bytes());
+        assert!(!gzip_doc_agrees(&doc_of(&moved), &sound, &identity));
+        let mut flipped = old.docs[1].clone();
+        let last = flipped.len() - 9;
+        flipped[last] ^= 0x55;
+        assert!(!gzip_doc_agrees(&doc_of(&flipped), &sound, &identity));
+        assert!(!gzip_doc_agrees(&sound, &sound, b"other"));
     }
 
     proptest::proptest! {

@@ -8,7 +8,7 @@ layouts in engine/src/served.rs), and tarballs (the three smallest of the shared
 beside the repository, plus hand-made ones: GNU and PAX long names, an old top-level
 directory name, edge cases). Output is deterministic; rerun after a format change.
 """
-import base64, gzip, hashlib, io, json, os, struct, tarfile
+import base64, gzip, hashlib, io, json, os, struct, tarfile, zlib
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -116,7 +116,7 @@ put("config_record", "legacy", slot(0, 0xDEADBEEF, 0b11011, 2, 50, 132, 7))
 put("config_record", "fields", bytes([1, 1, 24, 80]) + struct.pack("<IIQ", 7, 2, 9))
 
 
-SERVED_FORMAT = 4  # engine::served::FORMAT
+SERVED_FORMAT = 5  # engine::served::FORMAT
 
 
 def served_index():
@@ -130,13 +130,16 @@ def served_index():
     return bytes(out)
 
 
-def served_doc(body, etag):
-    return bytes([SERVED_FORMAT]) + struct.pack("<Q", 3) + bytes([len(etag)]) + etag + body
+def served_doc(body, etag, cut=(0, 0, 0)):
+    # The cut (engine::served::Cut): body offset, gzip offset, crc32 of the body before it.
+    return (bytes([SERVED_FORMAT]) + struct.pack("<Q", 3) + bytes([len(etag)]) + etag
+            + struct.pack("<III", *cut) + body)
 
 
 FULL = json.dumps({"name": "a", "versions": {"1.0.0": {"name": "a"}}}).encode() * 40
 put("served_record", "index_two_tarballs", served_index())
-put("served_record", "doc_full", served_doc(FULL, b'"0123456789abcdef0123456789abcdef"'))
+put("served_record", "doc_full", served_doc(FULL, b'"0123456789abcdef0123456789abcdef"',
+                                           (12, 0, zlib.crc32(FULL[:12]))))
 put("served_record", "doc_full_gz",
     served_doc(gzip.compress(FULL, mtime=0), b'"0123456789abcdef0123456789abcdef-gz"'))
 

@@ -22,7 +22,7 @@ use super::{
 use crate::blob::{self, BlobError, BlobId, BlobStore};
 use crate::integrity;
 use crate::packument::StoredPackage;
-use crate::served::{decode_index, encode_served, DocKind};
+use crate::served::{decode_doc, decode_index, encode_served, gzip_doc_agrees, DocKind};
 use crate::shard::ShardStore;
 
 /// Threads that read and hash blobs in parallel.
@@ -300,15 +300,32 @@ fn served_problem(
         return Some("the served record differs from a fresh rendering of the package".into());
     }
     for kind in DocKind::ALL {
-        match &served.docs[kind.index()] {
-            None => return Some(format!("the served {} document is missing", kind.label())),
-            Some(doc) if *doc != fresh.docs[kind.index()] => {
-                return Some(format!(
-                    "the served {} document differs from a fresh rendering of the package",
-                    kind.label()
-                ))
+        let Some(doc) = &served.docs[kind.index()] else {
+            return Some(format!("the served {} document is missing", kind.label()));
+        };
+        let fresh_doc = &fresh.docs[kind.index()];
+        // A gzip form built by appends has other bytes than a fresh one: it must inflate to
+        // the fresh identity document and keep a sound cut (`served::gzip_doc_agrees`).
+        let agrees = if kind.is_gzip() {
+            let decode = |value: &[u8]| decode_doc(bytes::Bytes::copy_from_slice(value)).ok();
+            match (
+                decode(doc),
+                decode(fresh_doc),
+                decode(&fresh.docs[kind.index() - 1]),
+            ) {
+                (Some(stored), Some(fresh), Some(identity)) => {
+                    gzip_doc_agrees(&stored, &fresh, &identity.body)
+                }
+                _ => false,
             }
-            Some(_) => {}
+        } else {
+            doc == fresh_doc
+        };
+        if !agrees {
+            return Some(format!(
+                "the served {} document differs from a fresh rendering of the package",
+                kind.label()
+            ));
         }
     }
     None

@@ -26,7 +26,8 @@ use crate::names::{DistTag, PackageName, Version};
 use crate::packument::{PublishFacts, StoredPackage};
 use crate::publish::{self, Plan, PublishError, PublishRequest};
 use crate::served::{
-    encode_served, DocKind, EncodedServed, ServedDoc, ServedIndex, FORMAT as SERVED_FORMAT,
+    encode_appended, encode_served, DocKind, EncodedServed, ServedDoc, ServedIndex,
+    FORMAT as SERVED_FORMAT,
 };
 use crate::update::{self, UpdateRequest};
 
@@ -683,8 +684,16 @@ impl ShardStore {
         let mut touched: HashMap<String, StoredPackage> = HashMap::new();
         // The blobs each package named before this batch, to find those it stops naming.
         let mut before: HashMap<String, BTreeSet<BlobId>> = HashMap::new();
+        // For each package, its version count and revision before this batch while every op
+        // on it was a publish (which only appends versions): its served documents can then be
+        // extended instead of encoded again (`served::encode_appended`).
+        let mut appendable: HashMap<String, Option<(usize, u64)>> = HashMap::new();
         for op in ops {
             let name = op.package().as_str().to_owned();
+            let publish = matches!(
+                op,
+                WriteOp::Publish { .. } | WriteOp::PublishPrepared { .. }
+            );
             let current = match touched.get(&name) {
                 Some(stored) => Some(stored.clone()),
                 None => match read_in_txn(&txn, &name) {
@@ -692,6 +701,10 @@ impl ShardStore {
                         before
                             .entry(name.clone())
                             .or_insert_with(|| blob_ids(current.as_ref()));
+                        appendable.entry(name.clone()).or_insert_with(|| {
+                            let current = current.as_ref()?;
+                            Some((current.versions()?.len(), current.rev))
+                        });
                         current
                     }
                     Err(e) => {
@@ -701,6 +714,9 @@ impl ShardStore {
                     }
                 },
             };
+            if !publish {
+                appendable.insert(name.clone(), None);
+            }
             let prepared = matches!(op, WriteOp::PublishPrepared { .. });
             let (mut plan, outcome) = match plan_op(current, op, now) {
                 Ok(planned) => planned,
@@ -761,11 +777,14 @@ impl ShardStore {
         let (blob_results, mut encoded) = if items.is_empty() {
             // Prepared publishes, inline-sized tarballs and metadata changes: no thread to
             // start and join.
-            (Vec::new(), encode_touched(&touched, &self.base_url))
+            (
+                Vec::new(),
+                encode_touched(&txn, &touched, &appendable, &self.base_url),
+            )
         } else {
             std::thread::scope(|scope| {
                 let writing = scope.spawn(|| blobs.write_all(&items));
-                let encoded = encode_touched(&touched, &self.base_url);
+                let encoded = encode_touched(&txn, &touched, &appendable, &self.base_url);
                 let blob_results = writing.join().unwrap_or_else(|_| {
                     items
                         .iter()
@@ -1014,16 +1033,56 @@ struct EncodedPackage {
     served: Option<(EncodedServed, u64)>,
 }
 
-fn encode_touched(touched: &HashMap<String, StoredPackage>, base_url: &str) -> Vec<EncodedPackage> {
+/// Encodes every touched package's records. A package whose ops were all publishes has its
+/// served documents extended from the stored ones (`served::encode_appended`) when those
+/// are at the revision it had before the batch; any other is rendered from scratch.
+fn encode_touched(
+    txn: &redb::WriteTransaction,
+    touched: &HashMap<String, StoredPackage>,
+    appendable: &HashMap<String, Option<(usize, u64)>>,
+    base_url: &str,
+) -> Vec<EncodedPackage> {
+    // The document tables, opened once for the batch; a table that cannot be opened only
+    // costs the shortcut.
+    let docs: Option<Vec<redb::Table<'_, &'static str, &'static [u8]>>> = appendable
+        .values()
+        .any(Option::is_some)
+        .then(|| DOCS.iter().map(|t| txn.open_table(*t).ok()).collect())
+        .flatten();
+    let extended = |name: &str, stored: &StoredPackage| -> Option<EncodedServed> {
+        let (from, rev) = (*appendable.get(name)?)?;
+        let docs = docs.as_ref()?;
+        let mut old: Vec<Vec<u8>> = Vec::with_capacity(DOCS.len());
+        for table in docs {
+            let value = table.get(name).ok()??;
+            let value = value.value();
+            // The documents must be the ones of the package as it was before the batch.
+            if value
+                .get(1..9)
+                .map(|r| u64::from_le_bytes(r.try_into().expect("8 bytes")))
+                != Some(rev)
+            {
+                return None;
+            }
+            old.push(value.to_vec());
+        }
+        encode_appended(
+            stored,
+            base_url,
+            from,
+            [&old[0][..], &old[1][..], &old[2][..], &old[3][..]],
+        )
+    };
     touched
         .iter()
         .map(|(name, stored)| EncodedPackage {
             name: name.clone(),
             record: stored.encode(),
-            served: stored
-                .versions()
-                .is_some_and(|v| !v.is_empty())
-                .then(|| (encode_served(stored, base_url), stored.rev)),
+            served: stored.versions().is_some_and(|v| !v.is_empty()).then(|| {
+                let served =
+                    extended(name, stored).unwrap_or_else(|| encode_served(stored, base_url));
+                (served, stored.rev)
+            }),
         })
         .collect()
 }
