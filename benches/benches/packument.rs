@@ -62,6 +62,21 @@ fn bench_packument(c: &mut Criterion) {
     });
     group.finish();
 
+    // The package record, decoded and encoded again by every write to the package.
+    let record_bytes = stored.encode();
+    let mut group = c.benchmark_group("record");
+    group.throughput(Throughput::Bytes(record_bytes.len() as u64));
+    group.bench_function("encode_300v", |b| {
+        b.iter(|| black_box(&stored).encode());
+    });
+    group.bench_function("decode_300v", |b| {
+        b.iter(|| {
+            engine::packument::StoredPackage::decode(black_box(&record_bytes))
+                .expect("record decodes")
+        });
+    });
+    group.finish();
+
     // A first publish, as in a publish storm: the documents are small, so the fixed cost of
     // setting up two gzip streams counts.
     let single = benches::stored_package(&express, &benches::versions(1));
