@@ -304,6 +304,169 @@ fn write_versions(
     }
 }
 
+/// The version manifests of a package record, kept as the record's bytes, for a batch of
+/// publishes: a publish only appends versions, so the writer decodes everything else
+/// (`decode_for_append`), plans on a package whose old manifests are `null` placeholders, and
+/// writes the record back with the kept bytes in their place (`encode_with`). Decoding and
+/// re-encoding every manifest was the biggest cost of a publish to a package with many
+/// versions.
+#[derive(Debug)]
+pub struct KeptVersions {
+    /// The text inside the record's `versions` object: `"1.0.0":{...},...`.
+    inner: String,
+    /// How many versions the record had.
+    count: usize,
+}
+
+/// `(key, raw value)` pairs of a JSON object, in order.
+struct RawEntries<'a>(Vec<(Cow<'a, str>, &'a serde_json::value::RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawEntries<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = RawEntries<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<RawEntries<'a>, M::Error> {
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some(key) = map.next_key::<Cow<'a, str>>()? {
+                    out.push((key, map.next_value()?));
+                }
+                Ok(RawEntries(out))
+            }
+        }
+        deserializer.deserialize_map(Visit(std::marker::PhantomData))
+    }
+}
+
+/// The record's shape as `decode_for_append` reads it.
+#[derive(Deserialize)]
+struct AppendRecord<'a> {
+    rev: u64,
+    #[serde(borrow)]
+    doc: RawEntries<'a>,
+    tarballs: BTreeMap<String, TarballRef>,
+}
+
+impl StoredPackage {
+    /// Decodes a record for a batch of publishes: every version manifest is `null` except
+    /// those a dist-tag of the record or one of `tags` names (what `publish::plan_publish`
+    /// reads when it copies the `latest` version's fields to the top), and the manifests'
+    /// bytes are kept for `KeptVersions::encode_with`. Only for planning publishes: the
+    /// result must not be rendered or encoded.
+    ///
+    /// # Errors
+    /// The bytes are not a valid package record, or its `versions` is not an object.
+    pub fn decode_for_append(
+        bytes: &[u8],
+        tags: &[&str],
+    ) -> Result<(StoredPackage, KeptVersions), serde_json::Error> {
+        let invalid = |what: &str| <serde_json::Error as serde::de::Error>::custom(what);
+        let record: AppendRecord<'_> = serde_json::from_slice(bytes)?;
+        let mut named: BTreeSet<String> = tags.iter().map(|t| (*t).to_owned()).collect();
+        let mut doc = Map::new();
+        let mut versions_raw = None;
+        for (key, raw) in &record.doc.0 {
+            if key == "versions" {
+                doc.insert(key.to_string(), Value::Null);
+                versions_raw = Some(*raw);
+                continue;
+            }
+            let value: Value = serde_json::from_str(raw.get())?;
+            if key == "dist-tags" {
+                if let Value::Object(tags) = &value {
+                    named.extend(tags.values().filter_map(Value::as_str).map(str::to_owned));
+                }
+            }
+            doc.insert(key.to_string(), value);
+        }
+        let raw = versions_raw.ok_or_else(|| invalid("no versions"))?;
+        let entries: RawEntries<'_> = serde_json::from_str(raw.get())?;
+        let text = raw.get().trim();
+        let inner = text
+            .strip_prefix('{')
+            .and_then(|t| t.strip_suffix('}'))
+            .ok_or_else(|| invalid("versions is not an object"))?;
+        let mut versions = Map::new();
+        for (version, manifest) in &entries.0 {
+            let value = if named.contains(version.as_ref()) {
+                serde_json::from_str(manifest.get())?
+            } else {
+                Value::Null
+            };
+            if versions.insert(version.to_string(), value).is_some() {
+                return Err(invalid("a version appears twice"));
+            }
+        }
+        doc.insert("versions".into(), Value::Object(versions));
+        let kept = KeptVersions {
+            inner: inner.to_owned(),
+            count: entries.0.len(),
+        };
+        let stored = StoredPackage {
+            rev: record.rev,
+            doc,
+            tarballs: record.tarballs,
+        };
+        Ok((stored, kept))
+    }
+}
+
+impl KeptVersions {
+    /// How many versions the record had.
+    #[must_use]
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// The record of `stored`, planned from `decode_for_append`'s package by appending
+    /// versions: what `StoredPackage::encode` would write for the real package, with the
+    /// kept bytes in place of the placeholders. None when `stored` lost versions or has no
+    /// `versions` object (it was not planned by publishes only).
+    #[must_use]
+    pub fn encode_with(&self, stored: &StoredPackage) -> Option<Vec<u8>> {
+        let versions = stored.versions()?;
+        if versions.len() < self.count {
+            return None;
+        }
+        let mut out = Vec::with_capacity(self.inner.len() + 4096);
+        out.extend_from_slice(b"{\"rev\":");
+        write_json(&mut out, &stored.rev);
+        out.extend_from_slice(b",\"doc\":{");
+        for (i, (key, value)) in stored.doc.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_json(&mut out, key);
+            out.push(b':');
+            if key == "versions" {
+                out.push(b'{');
+                out.extend_from_slice(self.inner.as_bytes());
+                for (j, (version, manifest)) in versions.iter().enumerate().skip(self.count) {
+                    if j > 0 {
+                        out.push(b',');
+                    }
+                    write_json(&mut out, version);
+                    out.push(b':');
+                    write_json(&mut out, manifest);
+                }
+                out.push(b'}');
+            } else {
+                write_json(&mut out, value);
+            }
+        }
+        out.extend_from_slice(b"},\"tarballs\":");
+        write_json(&mut out, &stored.tarballs);
+        out.push(b'}');
+        Some(out)
+    }
+}
+
 /// One version's manifest with an absolute `dist.tarball`; abbreviated, only the fields of
 /// `ABBREVIATED_VERSION_FIELDS`, in that order (a manifest that is not an object becomes `{}`).
 struct Manifest<'a> {

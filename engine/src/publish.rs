@@ -961,6 +961,113 @@ mod tests {
         assert_eq!(dist["unpackedSize"], 1234);
     }
 
+    /// A publish of `version` with `description` and the given dist-tags, as parsed.
+    fn request(version: &str, description: &str, tags: &[(&str, &str)]) -> PublishRequest {
+        let tarball = format!("tarball of {version} {description}").into_bytes();
+        let Value::Object(manifest) = serde_json::json!({
+            "name": "a", "version": version, "description": description,
+            "dependencies": {"b": "^1.0.0"}, "keywords": ["x", "y\"z"]
+        }) else {
+            unreachable!()
+        };
+        PublishRequest {
+            name: PackageName::parse("a").unwrap(),
+            versions: vec![NewVersion {
+                version: Version::parse(version).unwrap(),
+                manifest,
+                blob: BlobId::of(&tarball),
+                checksums: integrity::compute(&tarball),
+                file_count: 1,
+                unpacked_size: tarball.len() as u64,
+                tarball,
+            }],
+            dist_tags: tags
+                .iter()
+                .map(|(t, v)| (DistTag::parse(t).unwrap(), Version::parse(v).unwrap()))
+                .collect(),
+        }
+    }
+
+    /// Planning a publish on a record decoded for appending (old manifests as placeholders,
+    /// their bytes kept) and writing it back with `encode_with` gives the record that
+    /// planning on the fully decoded package and `encode` give: new versions, tags onto new
+    /// and old versions, the top-level fields copied from whichever version `latest` names,
+    /// idempotent retries and refusals alike.
+    #[test]
+    fn publishes_planned_on_kept_versions_match_the_full_decode() {
+        let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let mut stored = plan_publish(None, request("1.0.0", "one", &[]), "alice", now)
+            .unwrap()
+            .stored;
+        for (i, version) in ["1.0.1", "1.0.2", "1.0.3", "1.0.4", "1.0.5"]
+            .iter()
+            .enumerate()
+        {
+            let description = format!("release {i} \u{e9}\n");
+            stored = plan_publish(
+                Some(stored),
+                request(version, &description, &[]),
+                "alice",
+                now,
+            )
+            .unwrap()
+            .stored;
+        }
+        stored.doc.insert(
+            "dist-tags".into(),
+            serde_json::json!({"latest": "1.0.2", "next": "1.0.5"}),
+        );
+        let bytes = stored.encode();
+        let cases: Vec<(&str, &str, Vec<(&str, &str)>)> = vec![
+            ("1.0.6", "six", vec![]),
+            ("1.0.6", "six", vec![("latest", "1.0.6")]),
+            ("1.0.6", "six", vec![("latest", "1.0.3")]),
+            ("1.0.6", "six", vec![("beta", "1.0.1"), ("latest", "1.0.4")]),
+            ("1.0.5", "release 4 \u{e9}\n", vec![]),
+            ("1.0.4", "other content", vec![]),
+            ("1.0.7", "seven", vec![("latest", "9.9.9")]),
+        ];
+        for (version, description, tags) in cases {
+            let full = plan_publish(
+                Some(StoredPackage::decode(&bytes).unwrap()),
+                request(version, description, &tags),
+                "alice",
+                now,
+            );
+            let tag_versions: Vec<&str> = tags.iter().map(|(_, v)| *v).collect();
+            let (placeholder, kept) =
+                StoredPackage::decode_for_append(&bytes, &tag_versions).unwrap();
+            assert_eq!(kept.count(), 6);
+            let fast = plan_publish(
+                Some(placeholder),
+                request(version, description, &tags),
+                "alice",
+                now,
+            );
+            match (full, fast) {
+                (Ok(full), Ok(fast)) => {
+                    assert_eq!(full.changed, fast.changed, "{version} {tags:?}");
+                    let record = kept.encode_with(&fast.stored).unwrap();
+                    let decoded = StoredPackage::decode(&record).unwrap();
+                    assert_eq!(decoded, full.stored, "{version} {tags:?}");
+                    assert_eq!(
+                        serde_json::to_string(&decoded.doc).unwrap(),
+                        serde_json::to_string(&full.stored.doc).unwrap(),
+                        "the same key order"
+                    );
+                }
+                (Err(full), Err(fast)) => assert_eq!(full.to_string(), fast.to_string()),
+                (full, fast) => panic!("{version} {tags:?}: {full:?} against {fast:?}"),
+            }
+        }
+        // A record without a `versions` object is not decoded for appending.
+        let mut odd = stored.clone();
+        odd.doc.insert("versions".into(), serde_json::json!([]));
+        assert!(StoredPackage::decode_for_append(&odd.encode(), &[]).is_err());
+        odd.doc.remove("versions");
+        assert!(StoredPackage::decode_for_append(&odd.encode(), &[]).is_err());
+    }
+
     proptest! {
         /// The fuzz target `publish_body` drives the same function with libFuzzer; this keeps
         /// arbitrary bytes, and damaged copies of a valid body, in the default test run.

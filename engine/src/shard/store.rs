@@ -23,7 +23,7 @@ use super::{ShardId, ShardReader};
 use crate::blob::{self, BlobError, BlobId, BlobStore};
 use crate::limits::{INLINE_BLOB_BYTES_MAX, INLINE_BLOB_SPACE_FACTOR};
 use crate::names::{DistTag, PackageName, Version};
-use crate::packument::{PublishFacts, StoredPackage};
+use crate::packument::{KeptVersions, PublishFacts, StoredPackage};
 use crate::publish::{self, Plan, PublishError, PublishRequest};
 use crate::served::{
     encode_appended, encode_served, DocKind, EncodedServed, ServedDoc, ServedIndex,
@@ -643,6 +643,41 @@ impl ShardStore {
         Ok(names)
     }
 
+    /// `name`'s record for a batch: for a package only publishes touch (`tags`: the versions
+    /// their dist-tags name), decoded without its old manifests, which go to `kept`
+    /// (`StoredPackage::decode_for_append`); otherwise, or when that decode fails, in full.
+    fn read_for_batch(
+        &self,
+        txn: &redb::WriteTransaction,
+        name: &str,
+        tags: Option<&Vec<String>>,
+        kept: &mut HashMap<String, KeptVersions>,
+    ) -> Result<Option<StoredPackage>, WriteError> {
+        let Some(tags) = tags else {
+            return read_in_txn(txn, name);
+        };
+        let corrupt = |detail: String| WriteError::Corrupt {
+            name: name.to_owned(),
+            detail,
+        };
+        let table = txn
+            .open_table(PACKAGES)
+            .map_err(|e| corrupt(e.to_string()))?;
+        let Some(value) = table.get(name).map_err(|e| corrupt(e.to_string()))? else {
+            return Ok(None);
+        };
+        let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
+        match StoredPackage::decode_for_append(value.value(), &tags) {
+            Ok((stored, versions)) => {
+                kept.insert(name.to_owned(), versions);
+                Ok(Some(stored))
+            }
+            Err(_) => StoredPackage::decode(value.value())
+                .map(Some)
+                .map_err(|e| corrupt(e.to_string())),
+        }
+    }
+
     /// Applies `ops` in order in one durable transaction (group commit) and returns one result
     /// per op. An op that is refused leaves no trace; the others still commit. Blob files are
     /// made durable before the commit, so metadata never names a missing blob; inline-sized
@@ -688,6 +723,11 @@ impl ShardStore {
         // on it was a publish (which only appends versions): its served documents can then be
         // extended instead of encoded again (`served::encode_appended`).
         let mut appendable: HashMap<String, Option<(usize, u64)>> = HashMap::new();
+        // Packages that only publishes touch, with the versions their dist-tags name: their
+        // records are read without decoding the old manifests (`decode_for_append`), and
+        // written back with those manifests' bytes (`KeptVersions::encode_with`).
+        let publish_only = publish_only(&ops);
+        let mut kept: HashMap<String, KeptVersions> = HashMap::new();
         for op in ops {
             let name = op.package().as_str().to_owned();
             let publish = matches!(
@@ -696,23 +736,25 @@ impl ShardStore {
             );
             let current = match touched.get(&name) {
                 Some(stored) => Some(stored.clone()),
-                None => match read_in_txn(&txn, &name) {
-                    Ok(current) => {
-                        before
-                            .entry(name.clone())
-                            .or_insert_with(|| blob_ids(current.as_ref()));
-                        appendable.entry(name.clone()).or_insert_with(|| {
-                            let current = current.as_ref()?;
-                            Some((current.versions()?.len(), current.rev))
-                        });
-                        current
+                None => {
+                    match self.read_for_batch(&txn, &name, publish_only.get(&name), &mut kept) {
+                        Ok(current) => {
+                            before
+                                .entry(name.clone())
+                                .or_insert_with(|| blob_ids(current.as_ref()));
+                            appendable.entry(name.clone()).or_insert_with(|| {
+                                let current = current.as_ref()?;
+                                Some((current.versions()?.len(), current.rev))
+                            });
+                            current
+                        }
+                        Err(e) => {
+                            results.push(Err(e));
+                            needs.push(None);
+                            continue;
+                        }
                     }
-                    Err(e) => {
-                        results.push(Err(e));
-                        needs.push(None);
-                        continue;
-                    }
-                },
+                }
             };
             if !publish {
                 appendable.insert(name.clone(), None);
@@ -774,17 +816,22 @@ impl ShardStore {
             .iter()
             .map(|(id, bytes)| (*id, bytes.as_slice()))
             .collect();
-        let (blob_results, mut encoded) = if items.is_empty() {
+        let touched_now = Touched {
+            packages: &touched,
+            appendable: &appendable,
+            kept: &kept,
+        };
+        let (blob_results, (mut encoded, unencodable)) = if items.is_empty() {
             // Prepared publishes, inline-sized tarballs and metadata changes: no thread to
             // start and join.
             (
                 Vec::new(),
-                encode_touched(&txn, &touched, &appendable, &self.base_url),
+                encode_touched(&txn, &touched_now, &self.base_url),
             )
         } else {
             std::thread::scope(|scope| {
                 let writing = scope.spawn(|| blobs.write_all(&items));
-                let encoded = encode_touched(&txn, &touched, &appendable, &self.base_url);
+                let encoded = encode_touched(&txn, &touched_now, &self.base_url);
                 let blob_results = writing.join().unwrap_or_else(|_| {
                     items
                         .iter()
@@ -828,6 +875,17 @@ impl ShardStore {
                 }
             }
             encoded.retain(|record| !failed_packages.contains_key(&record.name));
+        }
+        // A package whose record could not be written back (never expected: the kept bytes
+        // come from a record that decoded) commits nothing; its ops fail.
+        for (result, need) in results.iter_mut().zip(&needs) {
+            let Some((name, _, _)) = need else { continue };
+            if let (Ok(_), Some(detail)) = (&*result, unencodable.get(name)) {
+                *result = Err(WriteError::Corrupt {
+                    name: name.clone(),
+                    detail: detail.clone(),
+                });
+            }
         }
         if encoded.is_empty() {
             return results;
@@ -1033,24 +1091,56 @@ struct EncodedPackage {
     served: Option<(EncodedServed, u64)>,
 }
 
-/// Encodes every touched package's records. A package whose ops were all publishes has its
-/// served documents extended from the stored ones (`served::encode_appended`) when those
-/// are at the revision it had before the batch; any other is rendered from scratch.
+/// What a batch changed, for `encode_touched`.
+struct Touched<'a> {
+    packages: &'a HashMap<String, StoredPackage>,
+    appendable: &'a HashMap<String, Option<(usize, u64)>>,
+    /// Packages planned on `decode_for_append`: old manifests are placeholders.
+    kept: &'a HashMap<String, KeptVersions>,
+}
+
+/// Each package's name, with the versions the dist-tags of its publishes name, when every op
+/// on it in `ops` is a publish.
+fn publish_only(ops: &[WriteOp]) -> HashMap<String, Vec<String>> {
+    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+    let mut other: BTreeSet<&str> = BTreeSet::new();
+    for op in ops {
+        match op {
+            WriteOp::Publish { request, .. } | WriteOp::PublishPrepared { request, .. } => {
+                out.entry(request.name.as_str().to_owned())
+                    .or_default()
+                    .extend(request.dist_tags.iter().map(|(_, v)| v.as_str().to_owned()));
+            }
+            other_op => {
+                other.insert(other_op.package().as_str());
+            }
+        }
+    }
+    out.retain(|name, _| !other.contains(name.as_str()));
+    out
+}
+
+/// Encodes every touched package's records; also returns the packages that could not be
+/// encoded, with why. A package whose ops were all publishes has its served documents
+/// extended from the stored ones (`served::encode_appended`) when those are at the revision
+/// it had before the batch; any other is rendered from scratch. A package planned on kept
+/// manifests has its record written with their bytes, and is decoded from that record
+/// first when it must be rendered from scratch.
 fn encode_touched(
     txn: &redb::WriteTransaction,
-    touched: &HashMap<String, StoredPackage>,
-    appendable: &HashMap<String, Option<(usize, u64)>>,
+    touched: &Touched<'_>,
     base_url: &str,
-) -> Vec<EncodedPackage> {
+) -> (Vec<EncodedPackage>, HashMap<String, String>) {
     // The document tables, opened once for the batch; a table that cannot be opened only
     // costs the shortcut.
-    let docs: Option<Vec<redb::Table<'_, &'static str, &'static [u8]>>> = appendable
+    let docs: Option<Vec<redb::Table<'_, &'static str, &'static [u8]>>> = touched
+        .appendable
         .values()
         .any(Option::is_some)
         .then(|| DOCS.iter().map(|t| txn.open_table(*t).ok()).collect())
         .flatten();
     let extended = |name: &str, stored: &StoredPackage| -> Option<EncodedServed> {
-        let (from, rev) = (*appendable.get(name)?)?;
+        let (from, rev) = (*touched.appendable.get(name)?)?;
         let docs = docs.as_ref()?;
         let mut old: Vec<Vec<u8>> = Vec::with_capacity(DOCS.len());
         for table in docs {
@@ -1073,18 +1163,44 @@ fn encode_touched(
             [&old[0][..], &old[1][..], &old[2][..], &old[3][..]],
         )
     };
-    touched
-        .iter()
-        .map(|(name, stored)| EncodedPackage {
+    let mut encoded = Vec::with_capacity(touched.packages.len());
+    let mut failed = HashMap::new();
+    for (name, stored) in touched.packages {
+        let kept = touched.kept.get(name);
+        let record = match kept {
+            Some(kept) => match kept.encode_with(stored) {
+                Some(record) => record,
+                None => {
+                    failed.insert(name.clone(), "a publish lost versions".to_owned());
+                    continue;
+                }
+            },
+            None => stored.encode(),
+        };
+        let served = if stored.versions().is_some_and(|v| !v.is_empty()) {
+            let served = match (extended(name, stored), kept) {
+                (Some(served), _) => served,
+                (None, None) => encode_served(stored, base_url),
+                // Placeholders cannot be rendered: the whole package, from its new record.
+                (None, Some(_)) => match StoredPackage::decode(&record) {
+                    Ok(full) => encode_served(&full, base_url),
+                    Err(e) => {
+                        failed.insert(name.clone(), e.to_string());
+                        continue;
+                    }
+                },
+            };
+            Some((served, stored.rev))
+        } else {
+            None
+        };
+        encoded.push(EncodedPackage {
             name: name.clone(),
-            record: stored.encode(),
-            served: stored.versions().is_some_and(|v| !v.is_empty()).then(|| {
-                let served =
-                    extended(name, stored).unwrap_or_else(|| encode_served(stored, base_url));
-                (served, stored.rev)
-            }),
-        })
-        .collect()
+            record,
+            served,
+        });
+    }
+    (encoded, failed)
 }
 
 fn write_encoded(
