@@ -1018,19 +1018,20 @@ mod tests {
             serde_json::json!({"latest": "1.0.2", "next": "1.0.5"}),
         );
         let bytes = stored.encode();
-        let cases: Vec<(&str, &str, Vec<(&str, &str)>)> = vec![
-            ("1.0.6", "six", vec![]),
-            ("1.0.6", "six", vec![("latest", "1.0.6")]),
-            ("1.0.6", "six", vec![("latest", "1.0.3")]),
-            ("1.0.6", "six", vec![("beta", "1.0.1"), ("latest", "1.0.4")]),
-            ("1.0.5", "release 4 \u{e9}\n", vec![]),
-            ("1.0.4", "other content", vec![]),
-            ("1.0.7", "seven", vec![("latest", "9.9.9")]),
+        type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+        let cases: [Case<'_>; 7] = [
+            ("1.0.6", "six", &[]),
+            ("1.0.6", "six", &[("latest", "1.0.6")]),
+            ("1.0.6", "six", &[("latest", "1.0.3")]),
+            ("1.0.6", "six", &[("beta", "1.0.1"), ("latest", "1.0.4")]),
+            ("1.0.5", "release 4 \u{e9}\n", &[]),
+            ("1.0.4", "other content", &[]),
+            ("1.0.7", "seven", &[("latest", "9.9.9")]),
         ];
         for (version, description, tags) in cases {
             let full = plan_publish(
                 Some(StoredPackage::decode(&bytes).unwrap()),
-                request(version, description, &tags),
+                request(version, description, tags),
                 "alice",
                 now,
             );
@@ -1040,7 +1041,7 @@ mod tests {
             assert_eq!(kept.count(), 6);
             let fast = plan_publish(
                 Some(placeholder),
-                request(version, description, &tags),
+                request(version, description, tags),
                 "alice",
                 now,
             );
