@@ -316,6 +316,21 @@ pub struct KeptVersions {
     inner: String,
     /// How many versions the record had.
     count: usize,
+    /// The size of the whole record.
+    record_bytes: usize,
+}
+
+/// A writer that only counts bytes.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// `(key, raw value)` pairs of a JSON object, in order.
@@ -407,6 +422,7 @@ impl StoredPackage {
         let kept = KeptVersions {
             inner: inner.to_owned(),
             count: entries.0.len(),
+            record_bytes: bytes.len(),
         };
         let stored = StoredPackage {
             rev: record.rev,
@@ -422,6 +438,24 @@ impl KeptVersions {
     #[must_use]
     pub fn count(&self) -> usize {
         self.count
+    }
+
+    /// About the size of `encode_with(stored)`, without writing it: the old record, the new
+    /// manifests and their `time` and tarball entries. For space checks.
+    #[must_use]
+    pub fn record_bytes_estimate(&self, stored: &StoredPackage) -> usize {
+        let added: usize = stored
+            .versions()
+            .into_iter()
+            .flat_map(|v| v.iter().skip(self.count))
+            .map(|(version, manifest)| {
+                let mut counter = ByteCount(0);
+                serde_json::to_writer(&mut counter, manifest)
+                    .expect("a JSON value tree always serializes");
+                counter.0 + 3 * version.len() + 256
+            })
+            .sum();
+        self.record_bytes + added
     }
 
     /// The record of `stored`, planned from `decode_for_append`'s package by appending

@@ -1049,6 +1049,12 @@ mod tests {
                 (Ok(full), Ok(fast)) => {
                     assert_eq!(full.changed, fast.changed, "{version} {tags:?}");
                     let record = kept.encode_with(&fast.stored).unwrap();
+                    let estimate = kept.record_bytes_estimate(&fast.stored);
+                    assert!(
+                        estimate >= record.len() && estimate <= record.len() * 2,
+                        "{estimate} for {}",
+                        record.len()
+                    );
                     let decoded = StoredPackage::decode(&record).unwrap();
                     assert_eq!(decoded, full.stored, "{version} {tags:?}");
                     assert_eq!(

@@ -242,6 +242,11 @@ pub fn encode_appended(
         }
         let cut = usize::try_from(identity.cut.body).ok()?;
         let prefix = identity.body.get(..cut)?;
+        // The CRC-32 the gzip trailer continues from must be the prefix's (cheap next to
+        // deflating: CRC-32 runs at memory speed).
+        if zlib_rs::crc32::crc32(0, prefix) != identity.cut.crc {
+            return None;
+        }
         let mut body = Vec::with_capacity(cut + part.mid.len() + part.tail.len());
         body.extend_from_slice(prefix);
         body.extend_from_slice(&part.mid);
@@ -520,7 +525,7 @@ fn gzip_appended(
     let gzip_cut = usize::try_from(cut.gzip).ok()?;
     let kept = old
         .get(..gzip_cut)
-        .filter(|k| k.len() >= GZIP_HEADER_BYTES)?;
+        .filter(|k| k.len() >= GZIP_HEADER_BYTES + SYNC_MARKER.len() && k.ends_with(SYNC_MARKER))?;
     let level = gzip_level(len);
     let window = &prefix[prefix.len().saturating_sub(DICTIONARY_BYTES)..];
     with_deflate(level, |deflate| {
@@ -582,7 +587,7 @@ pub fn gzip_doc_agrees(stored: &ServedDoc, fresh: &ServedDoc, identity: &[u8]) -
         return false;
     };
     // A sync point ends with an empty stored block: LEN 0, NLEN 0xffff.
-    if !deflated.ends_with(&[0, 0, 0xff, 0xff]) {
+    if !deflated.ends_with(SYNC_MARKER) {
         return false;
     }
     let mut inflate = flate2::Decompress::new(false);
@@ -615,6 +620,8 @@ pub fn gzip_doc_agrees(stored: &ServedDoc, fresh: &ServedDoc, identity: &[u8]) -
     prefix == identity[..cut.min(identity.len())] && prefix.len() == cut
 }
 
+/// The last bytes of a sync flush: an empty stored block's LEN (0) and NLEN (0xffff).
+const SYNC_MARKER: &[u8] = &[0, 0, 0xff, 0xff];
 /// Bytes of a gzip member header as `gzip_header` writes it.
 const GZIP_HEADER_BYTES: usize = 10;
 /// How much of the document before the cut an append hands the compressor as its

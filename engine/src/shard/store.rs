@@ -146,7 +146,7 @@ const SPACE_RESERVE_BYTES: u64 = 4 * 1024 * 1024;
 /// times their size, in the shard file), plus the package record and its rendered forms (full
 /// and abbreviated documents and their gzip forms, at most about 3x the record).
 fn space_needed(
-    stored: &StoredPackage,
+    record_bytes: u64,
     new: &BatchBlobs,
     pending: &HashMap<BlobId, Vec<u8>>,
     blobs: &BlobStore,
@@ -162,7 +162,7 @@ fn space_needed(
         .iter()
         .map(|(_, bytes)| bytes.len() as u64 * INLINE_BLOB_SPACE_FACTOR)
         .sum();
-    new_files + new_inline + 4 * stored.encode().len() as u64
+    new_files + new_inline + 4 * record_bytes
 }
 
 /// One op's new blobs, sorted by where they go.
@@ -779,7 +779,13 @@ impl ShardStore {
             if plan.changed {
                 // Refuse while nothing is written yet: a commit that runs out of space would
                 // poison the shard, a refusal here leaves everything as it was.
-                let needed = space_needed(&plan.stored, &new, &pending, blobs);
+                // The record's size: estimated from the kept bytes for a package planned on
+                // them (its placeholders would encode small), else encoded.
+                let record_bytes = match kept.get(&name) {
+                    Some(kept) => kept.record_bytes_estimate(&plan.stored),
+                    None => plan.stored.encode().len(),
+                };
+                let needed = space_needed(record_bytes as u64, &new, &pending, blobs);
                 if let Err(e) = ensure_space(&self.path, blobs.root(), needed + reserved) {
                     results.push(Err(e.with_shard(shard)));
                     needs.push(None);
