@@ -221,10 +221,12 @@ struct Prepared {
 impl PreparePool {
     /// Prepares batches until every sender is gone: a thread blocks for one body, then takes
     /// every body already queued (up to `PREPARE_BATCH_MAX`). Each is parsed and verified,
-    /// and a publish is checked against the committed state; then the batch's new tarball
-    /// files are made durable together (`BlobStore::write_all`: a few shared journal commits
-    /// for the whole batch), and only then are the ops handed to their writers. The writers are
-    /// left with planning, inline tarballs and one commit per group.
+    /// and a publish is checked against the committed state. An op with no tarball file to
+    /// write (inline-sized tarballs, metadata changes) goes to its writer at once; the
+    /// batch's new tarball files are made durable together (`BlobStore::write_all`: a few
+    /// shared journal commits for the whole batch), and only then are their ops handed to
+    /// their writers. The writers are left with planning, inline tarballs and one commit per
+    /// group.
     fn run(self) {
         while let Ok(first) = self.rx.recv() {
             let mut batch = vec![first];
@@ -238,6 +240,12 @@ impl PreparePool {
             let mut reserved = 0u64;
             for ParseJob { shard, job, reply } in batch {
                 match self.check(shard, job, &mut reserved) {
+                    // No blob file to make durable (inline-sized tarballs, metadata
+                    // changes): on to the writer now, not after the rest of the batch.
+                    Ok((op, blobs)) if blobs.is_empty() => {
+                        // A stopped writer drops the reply, which the waiting core reports.
+                        let _ = self.writers[usize::from(shard.0)].send((op, reply));
+                    }
                     Ok((op, blobs)) => ready.push(Prepared {
                         shard,
                         op,
