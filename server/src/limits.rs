@@ -34,11 +34,12 @@ pub const PREPARE_BATCH_MAX: usize = 16;
 /// Ops one group commit takes at most.
 pub const WRITER_BATCH_MAX: usize = 256;
 /// Packument cache budget per core: the cache is shared by the cores
-/// (`cache::SharedPackages`), and its budget is this times the core count (128 MiB on two
-/// cores, where two private caches of 32 MiB held the same packages twice). It took 32 MiB
-/// per shard from redb's page cache (engine `CACHE_BYTES`, 64 -> 32), so the full budgets
-/// add up as before; see ARCHITECTURE.md, "One packument cache for every core".
-pub const PACKAGE_CACHE_BYTES_PER_CORE: usize = 64 * 1024 * 1024;
+/// (`cache::SharedPackages`), and its budget is this times the core count (192 MiB on two
+/// cores). At 64 MiB per core, 100,000 small packages read at random hit 73-81% and served
+/// 0.66-0.81 of the 1,000-package rate; at 96 MiB they hit 96% and served 0.92-0.94, for
+/// ~55 MiB more RSS after traffic (perf/RESULTS.md, session 6). See ARCHITECTURE.md, "One
+/// packument cache for every core".
+pub const PACKAGE_CACHE_BYTES_PER_CORE: usize = 96 * 1024 * 1024;
 /// Mutex-guarded segments of the shared packument cache (by name hash): enough that two cores
 /// rarely meet on one lock, few enough that a segment's eviction pass stays short.
 pub const PACKAGE_CACHE_SEGMENTS: usize = 64;
