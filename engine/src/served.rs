@@ -375,6 +375,12 @@ pub fn decode_index(buf: &[u8]) -> Result<ServedIndex, ServedCorrupt> {
     })
 }
 
+/// The revision of a document value, or None when it is not one.
+#[must_use]
+pub fn doc_rev(buf: &[u8]) -> Option<u64> {
+    split_doc(buf).ok().map(|doc| doc.rev)
+}
+
 /// Decodes a document value; the returned `Bytes` share `buf`'s allocation.
 ///
 /// # Errors

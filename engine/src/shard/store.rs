@@ -26,7 +26,7 @@ use crate::names::{DistTag, PackageName, Version};
 use crate::packument::{KeptVersions, PublishFacts, StoredPackage};
 use crate::publish::{self, Plan, PublishError, PublishRequest};
 use crate::served::{
-    encode_appended, encode_served, DocKind, EncodedServed, ServedDoc, ServedIndex,
+    doc_rev, encode_appended, encode_served, DocKind, EncodedServed, ServedDoc, ServedIndex,
     FORMAT as SERVED_FORMAT,
 };
 use crate::update::{self, UpdateRequest};
@@ -656,26 +656,19 @@ impl ShardStore {
         let Some(tags) = tags else {
             return read_in_txn(txn, name);
         };
-        let corrupt = |detail: String| WriteError::Corrupt {
-            name: name.to_owned(),
-            detail,
-        };
-        let table = txn
-            .open_table(PACKAGES)
-            .map_err(|e| corrupt(e.to_string()))?;
-        let Some(value) = table.get(name).map_err(|e| corrupt(e.to_string()))? else {
-            return Ok(None);
-        };
         let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
-        match StoredPackage::decode_for_append(value.value(), &tags) {
-            Ok((stored, versions)) => {
-                kept.insert(name.to_owned(), versions);
-                Ok(Some(stored))
+        let read = read_in_txn_with(txn, name, |bytes| {
+            match StoredPackage::decode_for_append(bytes, &tags) {
+                Ok((stored, versions)) => Ok((stored, Some(versions))),
+                Err(_) => StoredPackage::decode(bytes).map(|stored| (stored, None)),
             }
-            Err(_) => StoredPackage::decode(value.value())
-                .map(Some)
-                .map_err(|e| corrupt(e.to_string())),
-        }
+        })?;
+        Ok(read.map(|(stored, versions)| {
+            if let Some(versions) = versions {
+                kept.insert(name.to_owned(), versions);
+            }
+            stored
+        }))
     }
 
     /// Applies `ops` in order in one durable transaction (group commit) and returns one result
@@ -1073,6 +1066,16 @@ fn read_in_txn(
     txn: &redb::WriteTransaction,
     name: &str,
 ) -> Result<Option<StoredPackage>, WriteError> {
+    read_in_txn_with(txn, name, StoredPackage::decode)
+}
+
+/// `name`'s record in `txn`, decoded by `decode`; an unreadable table or a record `decode`
+/// refuses is `Corrupt`.
+fn read_in_txn_with<T>(
+    txn: &redb::WriteTransaction,
+    name: &str,
+    decode: impl FnOnce(&[u8]) -> Result<T, serde_json::Error>,
+) -> Result<Option<T>, WriteError> {
     let corrupt = |detail: String| WriteError::Corrupt {
         name: name.to_owned(),
         detail,
@@ -1083,7 +1086,7 @@ fn read_in_txn(
     let value = table.get(name).map_err(|e| corrupt(e.to_string()))?;
     match value {
         None => Ok(None),
-        Some(v) => StoredPackage::decode(v.value())
+        Some(v) => decode(v.value())
             .map(Some)
             .map_err(|e| corrupt(e.to_string())),
     }
@@ -1148,25 +1151,25 @@ fn encode_touched(
     let extended = |name: &str, stored: &StoredPackage| -> Option<EncodedServed> {
         let (from, rev) = (*touched.appendable.get(name)?)?;
         let docs = docs.as_ref()?;
-        let mut old: Vec<Vec<u8>> = Vec::with_capacity(DOCS.len());
+        let mut old = Vec::with_capacity(DOCS.len());
         for table in docs {
             let value = table.get(name).ok()??;
-            let value = value.value();
             // The documents must be the ones of the package as it was before the batch.
-            if value
-                .get(1..9)
-                .map(|r| u64::from_le_bytes(r.try_into().expect("8 bytes")))
-                != Some(rev)
-            {
+            if doc_rev(value.value()) != Some(rev) {
                 return None;
             }
-            old.push(value.to_vec());
+            old.push(value);
         }
         encode_appended(
             stored,
             base_url,
             from,
-            [&old[0][..], &old[1][..], &old[2][..], &old[3][..]],
+            [
+                old[0].value(),
+                old[1].value(),
+                old[2].value(),
+                old[3].value(),
+            ],
         )
     };
     let mut encoded = Vec::with_capacity(touched.packages.len());
