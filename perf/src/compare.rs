@@ -465,3 +465,36 @@ fn print_targets(rounds: &[Vec<Row>]) {
     );
     println!();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_parse_with_and_without_a_rate() {
+        assert_eq!(
+            parse_step("publish:64").unwrap(),
+            (Workload::Publish, 64, None)
+        );
+        assert_eq!(
+            parse_step("publish:64@2000").unwrap(),
+            (Workload::Publish, 64, Some(2000.0))
+        );
+        assert_eq!(
+            parse_step("abbreviated").unwrap(),
+            (Workload::Abbreviated, 64, None)
+        );
+        for bad in [
+            "publish:64@0",
+            "publish:64@-5",
+            "publish:64@x",
+            "publish:x",
+            "nope:64",
+        ] {
+            assert!(parse_step(bad).is_err(), "{bad}");
+        }
+        let key = bench::workload_key(Workload::Publish, 64, Some(2000.0));
+        assert_eq!(key, "publish c64 @2000/s");
+        assert_eq!(bench::workload_key(Workload::Full, 256, None), "full c256");
+    }
+}
