@@ -24,7 +24,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use engine::blob::BlobStore;
 use engine::names::PackageName;
 use engine::publish::parse_publish;
-use engine::served::{encode_served, DocKind, ServedDoc};
+use engine::served::{DocKind, ServedDoc};
 use engine::shard::{ReadError, ShardId, ShardStore, WriteOp};
 use flume::{Receiver, Sender, TryRecvError};
 
@@ -45,7 +45,7 @@ fn fill(store: &ShardStore, blobs: &BlobStore) -> String {
     let (versions, record_len) = loop {
         let versions = benches::versions(count);
         let stored = benches::stored_package(&tarball, &versions);
-        let len = encode_served(&stored, BASE_URL).docs[DocKind::Full.index()].len();
+        let len = stored.render(BASE_URL).full.len();
         if len >= RECORD_BYTES_MIN {
             break (versions, len);
         }

@@ -41,6 +41,8 @@ const MANIFEST_FORMAT: &str = "agentregistry-backup";
 const MANIFEST_FILE: &str = "backup.json";
 const MANIFEST_VERSION: u32 = 1;
 /// Tables a shard file may hold; any other table stops the backup rather than being lost.
+/// `doc_full` and `doc_abbr` are only in a shard of served format 5 that this build has not
+/// opened yet; they are not copied (opening the restored shard renders its documents again).
 const SHARD_TABLES: [&str; 9] = [
     "packages",
     "served",

@@ -1,23 +1,27 @@
 //! The served records: everything a read of one package needs, pre-rendered on write so that
 //! `GET /NAME`, the abbreviated packument and tarball lookups never parse or render.
 //!
-//! A package has five served values, each in its own redb table (`shard/tables.rs`), so that
-//! a read copies only what it answers with: a cold abbreviated GET with gzip reads the ~0.5 KB
-//! gzip abbreviated document, not all four representations (~4 KB), and the pages a workload
-//! touches stay in redb's cache. Layouts (little-endian):
+//! A package has three served values, each in its own redb table (`shard/tables.rs`), so that
+//! a read copies only what it answers with: a cold abbreviated GET reads the ~0.5-2 KB gzip
+//! abbreviated document, not the full one, and the pages a workload touches stay in redb's
+//! cache. Only the gzip form of each document is stored: every client we serve (npm, pnpm,
+//! yarn, bun) accepts gzip, and a request that does not gets the stored form inflated
+//! (`identity_doc`), which costs microseconds next to the page writes and the fsync a second
+//! stored copy cost every publish (ARCHITECTURE.md, "What a publish writes").
+//! Layouts (little-endian):
 //!
 //! The index (`served` table), what a tarball GET needs:
-//!   0       format u8 (= 5)
+//!   0       format u8 (= 6)
 //!   1..9    rev u64
 //!   then    base_url: u32 length + bytes
 //!   then    tarball count u32; each: file (u16 length + bytes), blob [u8; 32], size u64
 //!
-//! One document per `DocKind` (`doc_*` tables):
-//!   0       format u8 (= 5)
+//! The gzip form of the full and of the abbreviated document (`doc_full_gz`, `doc_abbr_gz`):
+//!   0       format u8 (= 6)
 //!   1..9    rev u64
-//!   9       etag length u8, then the etag (quoted; a gzip form ends in `-gz"`)
+//!   9       etag length u8, then the etag (quoted, ending in `-gz"`)
 //!   then    the cut (`Cut`): body u32, gzip u32, crc u32
-//!   then    the body, to the end of the value
+//!   then    the gzip member, to the end of the value
 //!
 //! The cut is where a publish appends: documents start with `versions`, and a publish only
 //! appends versions (`packument::Rendered`). The gzip form is deflated with a sync point at
@@ -35,7 +39,7 @@ use crate::packument::{AppendedDoc, StoredPackage};
 
 /// The layout version of every served value. A shard whose `meta` records another version
 /// (or none) re-renders all of them when opened (`ShardStore::open`).
-pub const FORMAT: u8 = 5;
+pub const FORMAT: u8 = 6;
 /// Deflate levels (flate2 on its zlib-rs backend) for pre-compressed documents, by the
 /// identity document's size. The gzip form is paid once per write and served many times, but
 /// most writes are publishes of small packages. zlib-rs level 1 (deflate_quick: static
@@ -77,11 +81,24 @@ impl DocKind {
         }
     }
 
-    /// Position in `ALL` (and in `EncodedServed::docs`).
+    /// Position in `ALL`.
     #[must_use]
     pub fn index(self) -> usize {
         self as usize
     }
+
+    /// Which stored document serves this kind: its position in `STORED` (and in
+    /// `EncodedServed::docs` and the `doc_*` tables).
+    #[must_use]
+    pub fn stored_index(self) -> usize {
+        match self {
+            DocKind::Full | DocKind::FullGzip => 0,
+            DocKind::Abbreviated | DocKind::AbbreviatedGzip => 1,
+        }
+    }
+
+    /// The stored kinds: the gzip form of each document (module docs).
+    pub const STORED: [DocKind; 2] = [DocKind::FullGzip, DocKind::AbbreviatedGzip];
 
     /// True for the gzip forms.
     #[must_use]
@@ -197,54 +214,54 @@ pub struct ServedCorrupt {
     pub detail: &'static str,
 }
 
-/// The five encoded values of one package.
+/// The encoded values of one package.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EncodedServed {
     pub index: Vec<u8>,
-    /// Indexed by `DocKind::index`.
-    pub docs: [Vec<u8>; 4],
+    /// The gzip documents, indexed by `DocKind::stored_index`.
+    pub docs: [Vec<u8>; 2],
 }
 
 /// Renders `stored` for `base_url` and encodes its served values.
 #[must_use]
 pub fn encode_served(stored: &StoredPackage, base_url: &str) -> EncodedServed {
     let rendered = stored.render(base_url);
-    let [full, full_gzip] = encode_pair(stored.rev, &rendered.full, rendered.full_cut);
-    let [abbreviated, abbreviated_gzip] =
-        encode_pair(stored.rev, &rendered.abbreviated, rendered.abbreviated_cut);
+    let full = encode_gzip_doc(stored.rev, &rendered.full, rendered.full_cut);
+    let abbreviated = encode_gzip_doc(stored.rev, &rendered.abbreviated, rendered.abbreviated_cut);
     EncodedServed {
         index: encode_index(stored, base_url),
-        docs: [full, full_gzip, abbreviated, abbreviated_gzip],
+        docs: [full, abbreviated],
     }
 }
 
-/// Encodes the served values of `stored` from `old`, its served documents (indexed by
-/// `DocKind::index`) from when it had its first `from` versions, all still in place and
-/// unchanged (a publish only appends). Renders only the new versions and what follows
-/// them, and deflates only those: the bytes before each cut are copied. The result decodes
-/// to what `encode_served` gives, though the gzip bytes differ.
+/// Encodes the served values of `stored` from `old`, its stored documents (indexed by
+/// `DocKind::stored_index`) from when it had its first `from` versions, all still in place
+/// and unchanged (a publish only appends). Renders only the new versions and what follows
+/// them, and deflates only those: the compressed bytes before each cut are copied, and the
+/// old document is inflated only to hash the new one and to prime the compressor. The
+/// result decodes to what `encode_served` gives, though the gzip bytes differ.
 ///
-/// None when the old documents do not fit (another layout, cuts out of bounds, forms that
-/// disagree) or `from` leaves nothing to append: the caller encodes from scratch.
+/// None when the old documents do not fit (another layout, cuts out of bounds, a body that
+/// does not inflate to what its cut says) or `from` leaves nothing to append: the caller
+/// encodes from scratch.
 #[must_use]
 pub fn encode_appended(
     stored: &StoredPackage,
     base_url: &str,
     from: usize,
-    old: [&[u8]; 4],
+    old: [&[u8]; 2],
 ) -> Option<EncodedServed> {
     let appended = stored.render_appended(base_url, from)?;
-    let pair = |identity: &[u8], gzip: &[u8], part: &AppendedDoc| {
-        let identity = split_doc(identity).ok()?;
+    let one = |gzip: &[u8], part: &AppendedDoc| {
         let gzip = split_doc(gzip).ok()?;
-        if identity.cut.body != gzip.cut.body || identity.cut.crc != gzip.cut.crc {
-            return None;
-        }
-        let cut = usize::try_from(identity.cut.body).ok()?;
-        let prefix = identity.body.get(..cut)?;
+        let cut = usize::try_from(gzip.cut.body).ok()?;
+        let gzip_cut = usize::try_from(gzip.cut.gzip).ok()?;
+        // Only the versions before the cut are inflated: the tail is rendered anew.
+        let prefix = inflate_to_sync(gzip.body.get(GZIP_HEADER_BYTES..gzip_cut)?, cut)?;
+        let prefix = &prefix[..];
         // The CRC-32 the gzip trailer continues from must be the prefix's (cheap next to
         // deflating: CRC-32 runs at memory speed).
-        if zlib_rs::crc32::crc32(0, prefix) != identity.cut.crc {
+        if zlib_rs::crc32::crc32(0, prefix) != gzip.cut.crc {
             return None;
         }
         let mut body = Vec::with_capacity(cut + part.mid.len() + part.tail.len());
@@ -252,22 +269,18 @@ pub fn encode_appended(
         body.extend_from_slice(&part.mid);
         body.extend_from_slice(&part.tail);
         let zipped = gzip_appended(prefix, gzip.body, gzip.cut, part, body.len())?;
-        let new_cut = Cut {
-            body: u32::try_from(cut + part.mid.len()).ok()?,
-            gzip: 0,
-            crc: zipped.1.crc,
-        };
-        let etag = etag(&body);
-        Some([
-            doc_value(stored.rev, &etag, new_cut, &body),
-            doc_value(stored.rev, &gzip_etag(&etag), zipped.1, &zipped.0),
-        ])
+        Some(doc_value(
+            stored.rev,
+            &gzip_etag(&etag(&body)),
+            zipped.1,
+            &zipped.0,
+        ))
     };
-    let [full, full_gzip] = pair(old[0], old[1], &appended.full)?;
-    let [abbreviated, abbreviated_gzip] = pair(old[2], old[3], &appended.abbreviated)?;
+    let full = one(old[0], &appended.full)?;
+    let abbreviated = one(old[1], &appended.abbreviated)?;
     Some(EncodedServed {
         index: encode_index(stored, base_url),
-        docs: [full, full_gzip, abbreviated, abbreviated_gzip],
+        docs: [full, abbreviated],
     })
 }
 
@@ -299,19 +312,15 @@ fn encode_index(stored: &StoredPackage, base_url: &str) -> Vec<u8> {
     index
 }
 
-/// The identity and gzip values of one rendered document whose cut is at `cut`.
-fn encode_pair(rev: u64, body: &[u8], cut: usize) -> [Vec<u8>; 2] {
+/// The stored (gzip) value of one rendered document whose cut is at `cut`.
+fn encode_gzip_doc(rev: u64, body: &[u8], cut: usize) -> Vec<u8> {
     let (zipped, gzip_cut) = gzip_with_cut(body, cut);
     let cut = Cut {
         body: u32::try_from(cut).expect("documents are bounded"),
         gzip: u32::try_from(gzip_cut).expect("documents are bounded"),
         crc: zlib_rs::crc32::crc32(0, &body[..cut]),
     };
-    let etag = etag(body);
-    [
-        doc_value(rev, &etag, Cut { gzip: 0, ..cut }, body),
-        doc_value(rev, &gzip_etag(&etag), cut, &zipped),
-    ]
+    doc_value(rev, &gzip_etag(&etag(body)), cut, &zipped)
 }
 
 /// One document value: the header, then `body`.
@@ -395,6 +404,54 @@ pub fn decode_doc(buf: Bytes) -> Result<ServedDoc, ServedCorrupt> {
         cut: split.cut,
         body: buf.slice(body_at..),
     })
+}
+
+/// The identity form of a stored gzip document: its body inflated, the same validator
+/// without `-gz`, the same cut.
+///
+/// # Errors
+/// `ServedCorrupt` when the body does not inflate (a damaged member fails its CRC-32 or
+/// length check) or the cut lies outside it.
+pub fn identity_doc(gzip: &ServedDoc) -> Result<ServedDoc, ServedCorrupt> {
+    let body = inflate_member(&gzip.body, 0).map_err(|_| ServedCorrupt {
+        detail: "the gzip document does not inflate",
+    })?;
+    if usize::try_from(gzip.cut.body).map_or(true, |cut| cut > body.len()) {
+        return Err(ServedCorrupt {
+            detail: "the cut lies outside the document",
+        });
+    }
+    let token = etag_token(&gzip.etag);
+    let mut etag = Vec::with_capacity(token.len() + 2);
+    etag.push(b'"');
+    etag.extend_from_slice(token);
+    etag.push(b'"');
+    Ok(ServedDoc {
+        rev: gzip.rev,
+        etag: Bytes::from(etag),
+        cut: Cut {
+            gzip: 0,
+            ..gzip.cut
+        },
+        body: Bytes::from(body),
+    })
+}
+
+/// Inflates one gzip member (checking its CRC-32 and length), reserving `hint` bytes, or the
+/// length its trailer names when `hint` is 0.
+fn inflate_member(member: &[u8], hint: usize) -> std::io::Result<Vec<u8>> {
+    let named = member
+        .len()
+        .checked_sub(4)
+        .and_then(|at| member.get(at..))
+        .map_or(0, |isize| {
+            u32::from_le_bytes(isize.try_into().expect("4 bytes")) as usize
+        });
+    // The trailer is only a hint: a damaged one must not make us reserve gigabytes.
+    let reserve = if hint > 0 { hint } else { named }.min(member.len().saturating_mul(64));
+    let mut out = Vec::with_capacity(reserve);
+    std::io::Read::read_to_end(&mut flate2::bufread::GzDecoder::new(member), &mut out)?;
+    Ok(out)
 }
 
 /// A document value's fields, borrowed.
@@ -592,38 +649,50 @@ pub fn gzip_doc_agrees(stored: &ServedDoc, fresh: &ServedDoc, identity: &[u8]) -
     let Some(deflated) = stored.body.get(GZIP_HEADER_BYTES..gzip_cut) else {
         return false;
     };
+    inflate_to_sync(deflated, cut)
+        .is_some_and(|prefix| prefix == identity[..cut.min(identity.len())])
+}
+
+thread_local! {
+    /// One raw-inflate state per thread, reset between documents (a fresh one allocates
+    /// its window every time).
+    static INFLATE: std::cell::RefCell<flate2::Decompress> =
+        std::cell::RefCell::new(flate2::Decompress::new(false));
+}
+
+/// Inflates `deflated`, raw deflate data that must end in a sync point (a sync flush's
+/// empty stored block) without ending the stream, to exactly `len` bytes; None when it does
+/// not (damaged data, another length, a stream that ends).
+fn inflate_to_sync(deflated: &[u8], len: usize) -> Option<Vec<u8>> {
     // A sync point ends with an empty stored block: LEN 0, NLEN 0xffff.
     if !deflated.ends_with(SYNC_MARKER) {
-        return false;
+        return None;
     }
-    let mut inflate = flate2::Decompress::new(false);
-    let mut prefix = Vec::with_capacity(cut + 64);
-    loop {
-        if prefix.capacity() - prefix.len() < 64 {
-            prefix.reserve(prefix.capacity() / 2 + 64);
+    INFLATE.with_borrow_mut(|inflate| {
+        inflate.reset(false);
+        // Room for one byte more than expected, so that too long an output shows.
+        let mut out = Vec::with_capacity(len + 1);
+        loop {
+            let consumed = usize::try_from(inflate.total_in()).ok()?;
+            let rest = deflated.get(consumed..)?;
+            let (in_before, out_before) = (inflate.total_in(), inflate.total_out());
+            match inflate.decompress_vec(rest, &mut out, flate2::FlushDecompress::Sync) {
+                Ok(flate2::Status::Ok | flate2::Status::BufError) => {}
+                // The stream must not end at the sync point: the tail follows it.
+                Ok(flate2::Status::StreamEnd) | Err(_) => return None,
+            }
+            if out.len() > len {
+                return None;
+            }
+            if usize::try_from(inflate.total_in()).ok() == Some(deflated.len()) {
+                break;
+            }
+            if inflate.total_in() == in_before && inflate.total_out() == out_before {
+                return None;
+            }
         }
-        let consumed = usize::try_from(inflate.total_in()).unwrap_or(usize::MAX);
-        let Some(rest) = deflated.get(consumed..) else {
-            return false;
-        };
-        let (in_before, out_before) = (inflate.total_in(), inflate.total_out());
-        match inflate.decompress_vec(rest, &mut prefix, flate2::FlushDecompress::Sync) {
-            Ok(flate2::Status::Ok | flate2::Status::BufError) => {}
-            // The stream must not end before the cut: the tail follows it.
-            Ok(flate2::Status::StreamEnd) | Err(_) => return false,
-        }
-        if prefix.len() > cut {
-            return false;
-        }
-        let all_in = usize::try_from(inflate.total_in()).ok() == Some(deflated.len());
-        if all_in && prefix.len() < prefix.capacity() {
-            break;
-        }
-        if inflate.total_in() == in_before && inflate.total_out() == out_before {
-            return false;
-        }
-    }
-    prefix == identity[..cut.min(identity.len())] && prefix.len() == cut
+        (out.len() == len).then_some(out)
+    })
 }
 
 /// The last bytes of a sync flush: an empty stored block's LEN (0) and NLEN (0xffff).
@@ -777,8 +846,8 @@ mod tests {
 
     /// A package published one version at a time, each time encoded from the documents of
     /// the time before (never from scratch), serves what a fresh encoding serves: the same
-    /// identity bytes, validators and cuts, and gzip forms that inflate to the same bytes
-    /// with a sound sync point. Manifests are big enough that the documents pass 32 KiB
+    /// validators and cuts, and gzip forms that inflate to the same bytes with a sound sync
+    /// point. Manifests are big enough that the documents pass 32 KiB
     /// (a dictionary of the whole window) and the gzip level changes on the way.
     #[test]
     fn appended_encodings_serve_what_fresh_ones_serve() {
@@ -810,21 +879,19 @@ mod tests {
             let next = match &served {
                 None => fresh.clone(),
                 Some(old) => {
-                    let old = [&old.docs[0][..], &old.docs[1], &old.docs[2], &old.docs[3]];
+                    let old = [&old.docs[0][..], &old.docs[1][..]];
                     encode_appended(&stored, base, from, old).expect("the old documents fit")
                 }
             };
             assert_eq!(next.index, fresh.index);
-            for (identity, gzip) in [(0, 1), (2, 3)] {
-                assert_eq!(next.docs[identity], fresh.docs[identity], "after {version}");
-                let body = decode_doc(Bytes::from(fresh.docs[identity].clone()))
-                    .unwrap()
-                    .body;
+            for i in 0..2 {
+                let fresh_doc = doc_of(&fresh.docs[i]);
+                let body = identity_doc(&fresh_doc).unwrap().body;
                 assert!(
-                    gzip_doc_agrees(&doc_of(&next.docs[gzip]), &doc_of(&fresh.docs[gzip]), &body),
+                    gzip_doc_agrees(&doc_of(&next.docs[i]), &fresh_doc, &body),
                     "after {version}"
                 );
-                let doc = decode_doc(Bytes::from(next.docs[gzip].clone())).unwrap();
+                let doc = decode_doc(Bytes::from(next.docs[i].clone())).unwrap();
                 let mut back = Vec::new();
                 flate2::read::GzDecoder::new(&doc.body[..])
                     .read_to_end(&mut back)
@@ -833,7 +900,7 @@ mod tests {
             }
             served = Some(next);
         }
-        let full = decode_doc(Bytes::from(served.unwrap().docs[0].clone())).unwrap();
+        let full = identity_doc(&doc_of(&served.unwrap().docs[0])).unwrap();
         assert!(
             full.body.len() > 64 * 1024,
             "the documents grew past the window"
@@ -844,8 +911,8 @@ mod tests {
         decode_doc(Bytes::copy_from_slice(value)).unwrap()
     }
 
-    fn as_refs(d: &[Vec<u8>; 4]) -> [&[u8]; 4] {
-        [&d[0][..], &d[1][..], &d[2][..], &d[3][..]]
+    fn as_refs(d: &[Vec<u8>; 2]) -> [&[u8]; 2] {
+        [&d[0][..], &d[1][..]]
     }
 
     /// Old documents that do not fit are refused (the caller encodes from scratch), and a
@@ -869,38 +936,44 @@ mod tests {
             json!({"dist": {"tarball": "a/-/a-1.0.1.tgz"}}),
         );
         stored.rev += 1;
-        let docs = |o: &EncodedServed| {
-            [
-                o.docs[0].clone(),
-                o.docs[1].clone(),
-                o.docs[2].clone(),
-                o.docs[3].clone(),
-            ]
-        };
+        let docs = |o: &EncodedServed| o.docs.clone();
         assert!(encode_appended(&stored, "http://h", 1, as_refs(&docs(&old))).is_some());
         assert!(encode_appended(&stored, "http://h", 0, as_refs(&docs(&old))).is_none());
         assert!(encode_appended(&stored, "http://h", 2, as_refs(&docs(&old))).is_none());
-        // A gzip cut past its body, and forms whose cuts disagree.
+        // A gzip cut past its body, a CRC that is not the prefix's, bytes that do not inflate.
         let mut bad = docs(&old);
-        let at = 10 + decode_doc(Bytes::from(bad[1].clone())).unwrap().etag.len() + 4;
-        bad[1][at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let at = 10 + decode_doc(Bytes::from(bad[0].clone())).unwrap().etag.len() + 4;
+        bad[0][at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(encode_appended(&stored, "http://h", 1, as_refs(&bad)).is_none());
         let mut bad = docs(&old);
-        bad[1][at - 4] ^= 1;
+        bad[1][at + 4] ^= 1;
         assert!(encode_appended(&stored, "http://h", 1, as_refs(&bad)).is_none());
-        assert!(encode_appended(&stored, "http://h", 1, [b"", b"", b"", b""]).is_none());
+        // The gzip member starts after the cut's gzip and crc fields; its deflate data after
+        // the 10-byte header.
+        let member_at = at + 8;
+        let mut bad = docs(&old);
+        bad[0][member_at + 16] ^= 0x55;
+        assert!(encode_appended(&stored, "http://h", 1, as_refs(&bad)).is_none());
+        // Damage after the cut is not read: the tail is rendered anew.
+        let mut tail_damaged = docs(&old);
+        let last = tail_damaged[0].len() - 9;
+        tail_damaged[0][last] ^= 0x55;
+        let fresh = encode_appended(&stored, "http://h", 1, as_refs(&docs(&old))).unwrap();
+        let mended = encode_appended(&stored, "http://h", 1, as_refs(&tail_damaged)).unwrap();
+        assert_eq!(mended, fresh);
+        assert!(encode_appended(&stored, "http://h", 1, [b"", b""]).is_none());
         // fsck's check: a sound gzip form agrees; a moved sync point or other bytes do not.
-        let identity = decode_doc(Bytes::from(old.docs[0].clone())).unwrap().body;
-        let sound = doc_of(&old.docs[1]);
+        let sound = doc_of(&old.docs[0]);
+        let identity = identity_doc(&sound).unwrap().body;
         assert!(gzip_doc_agrees(&sound, &sound, &identity));
-        let mut moved = old.docs[1].clone();
+        let mut moved = old.docs[0].clone();
         let gzip_cut = u32::from_le_bytes(moved[at..at + 4].try_into().unwrap());
         moved[at..at + 4].copy_from_slice(&(gzip_cut - 1).to_le_bytes());
         assert!(!gzip_doc_agrees(&doc_of(&moved), &sound, &identity));
-        let mut flipped = old.docs[1].clone();
-        let last = flipped.len() - 9;
+        let mut flipped = old.docs[0].clone();
         flipped[last] ^= 0x55;
         assert!(!gzip_doc_agrees(&doc_of(&flipped), &sound, &identity));
+        assert!(identity_doc(&doc_of(&flipped)).is_err());
         assert!(!gzip_doc_agrees(&sound, &sound, b"other"));
     }
 
@@ -953,39 +1026,33 @@ mod tests {
             assert!(decode_index(&encoded.index[..cut]).is_err());
         }
         let rendered = stored.render("http://h");
-        let docs: Vec<ServedDoc> = encoded
-            .docs
-            .iter()
-            .map(|d| decode_doc(Bytes::from(d.clone())).unwrap())
-            .collect();
+        let docs: Vec<ServedDoc> = encoded.docs.iter().map(|d| doc_of(d)).collect();
         assert!(docs.iter().all(|d| d.rev == 7));
-        assert_eq!(docs[DocKind::Full.index()].body, rendered.full);
+        let identity = |kind: DocKind| identity_doc(&docs[kind.stored_index()]).unwrap();
+        assert_eq!(identity(DocKind::Full).body, rendered.full);
+        assert_eq!(identity(DocKind::Abbreviated).body, rendered.abbreviated);
+        assert_eq!(identity(DocKind::Full).cut.body as usize, rendered.full_cut);
         assert_eq!(
-            docs[DocKind::Abbreviated.index()].body,
-            rendered.abbreviated
+            identity(DocKind::Abbreviated).cut.body as usize,
+            rendered.abbreviated_cut
         );
-        let unzipped = |d: &ServedDoc| {
-            let mut out = Vec::new();
-            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&d.body[..]), &mut out)
-                .unwrap();
-            out
-        };
-        assert_eq!(unzipped(&docs[DocKind::FullGzip.index()]), rendered.full);
-        assert_eq!(
-            unzipped(&docs[DocKind::AbbreviatedGzip.index()]),
-            rendered.abbreviated
-        );
-        assert_ne!(docs[0].etag, docs[2].etag);
+        assert_ne!(docs[0].etag, docs[1].etag);
         for cut in 0..10 + docs[0].etag.len() {
             assert!(decode_doc(Bytes::copy_from_slice(&encoded.docs[0][..cut])).is_err());
+        }
+        // A truncated gzip member does not inflate.
+        for cut in [1, 8, 20] {
+            let mut short = docs[0].clone();
+            short.body = short.body.slice(..short.body.len() - cut);
+            assert!(identity_doc(&short).is_err());
         }
     }
 
     #[test]
     fn both_encodings_share_a_validator() {
         let encoded = encode_served(&sample(), "http://h");
-        let identity = decode_doc(Bytes::from(encoded.docs[0].clone())).unwrap();
-        let gzip = decode_doc(Bytes::from(encoded.docs[1].clone())).unwrap();
+        let gzip = doc_of(&encoded.docs[0]);
+        let identity = identity_doc(&gzip).unwrap();
         assert!(gzip.etag.ends_with(b"-gz\""));
         assert_eq!(
             gzip.etag[..gzip.etag.len() - 4],
@@ -997,7 +1064,7 @@ mod tests {
             assert!(!doc.etag_matches(b"\"other\""));
             assert!(!doc.etag_matches(&identity.etag[1..]));
         }
-        let abbreviated = decode_doc(Bytes::from(encoded.docs[2].clone())).unwrap();
+        let abbreviated = identity_doc(&doc_of(&encoded.docs[1])).unwrap();
         assert!(!abbreviated.etag_matches(&identity.etag));
     }
 }

@@ -38,7 +38,7 @@ const SHARDS: u16 = 2;
 const PACKAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("packages");
 const SERVED: TableDefinition<&str, &[u8]> = TableDefinition::new("served");
 const DOC_ABBR_GZ: TableDefinition<&str, &[u8]> = TableDefinition::new("doc_abbr_gz");
-const DOC_FULL: TableDefinition<&str, &[u8]> = TableDefinition::new("doc_full");
+const DOC_FULL_GZ: TableDefinition<&str, &[u8]> = TableDefinition::new("doc_full_gz");
 const REVS: TableDefinition<&str, u64> = TableDefinition::new("revs");
 const BLOB_INLINE: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("blob_inline");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -283,7 +283,8 @@ fn documents_extended_by_publishes_check_clean() {
     let fresh = engine::served::encode_served(&stored, BASE);
     let gzip = shard.read_doc("grows", DocKind::FullGzip).unwrap().unwrap();
     let fresh_gzip =
-        engine::served::decode_doc(fresh.docs[DocKind::FullGzip.index()].clone().into()).unwrap();
+        engine::served::decode_doc(fresh.docs[DocKind::FullGzip.stored_index()].clone().into())
+            .unwrap();
     assert_eq!(gzip.etag, fresh_gzip.etag);
     assert_ne!(gzip.body, fresh_gzip.body);
     drop(open);
@@ -472,7 +473,7 @@ fn online_repair_rerenders_served_records() {
     let d_full = {
         let open = Open::new(&home);
         let shard = &open.shards[usize::from(shard_for("d", SHARDS).0)];
-        let doc = shard.read_doc("d", DocKind::Full).unwrap().unwrap();
+        let doc = shard.read_doc("d", DocKind::FullGzip).unwrap().unwrap();
         let mut value = vec![2u8];
         value.extend_from_slice(&doc.rev.to_le_bytes());
         value.push(u8::try_from(doc.etag.len()).unwrap());
@@ -481,13 +482,13 @@ fn online_repair_rerenders_served_records() {
         value
     };
     edit_shard(&home, "c", |txn| {
-        txn.open_table(DOC_FULL)
+        txn.open_table(DOC_FULL_GZ)
             .unwrap()
             .insert("c", d_full.as_slice())
             .unwrap();
     });
     edit_shard(&home, "nobody", |txn| {
-        txn.open_table(DOC_FULL)
+        txn.open_table(DOC_FULL_GZ)
             .unwrap()
             .insert("nobody", d_full.as_slice())
             .unwrap();

@@ -218,7 +218,9 @@ fn dist_tags_and_base_url_change() {
 }
 
 /// A shard written by a build with another served layout (here: the format byte in `meta`
-/// missing, an old-style value in `served`, no document tables) is re-rendered when opened.
+/// missing, an old-style value in `served`, no gzip document tables, and the identity
+/// document tables of served format 5) is re-rendered when opened, and the identity tables
+/// are dropped.
 #[test]
 fn older_served_format_is_rerendered_on_open() {
     let f = Fixture::new();
@@ -244,11 +246,34 @@ fn older_served_format_is_rerendered_on_open() {
             served.insert("a", &b"\x01old layout"[..]).unwrap();
             served.insert("gone", &b"\x01old layout"[..]).unwrap();
         }
-        for table in ["doc_full", "doc_full_gz", "doc_abbr", "doc_abbr_gz"] {
+        for table in ["doc_full_gz", "doc_abbr_gz"] {
             txn.delete_table(redb::TableDefinition::<&str, &[u8]>::new(table))
                 .unwrap();
         }
+        for table in ["doc_full", "doc_abbr"] {
+            txn.open_table(redb::TableDefinition::<&str, &[u8]>::new(table))
+                .unwrap()
+                .insert("a", &b"\x05old identity document"[..])
+                .unwrap();
+        }
         txn.commit().unwrap();
+    }
+    let store = ShardStore::open(&dir.path().join("s.redb"), ShardId(0), BASE).unwrap();
+    drop(store);
+    {
+        use redb::{ReadableDatabase, TableHandle};
+        let db = redb::Database::open(dir.path().join("s.redb")).unwrap();
+        let txn = db.begin_read().unwrap();
+        let tables: Vec<String> = txn
+            .list_tables()
+            .unwrap()
+            .map(|t| t.name().to_owned())
+            .collect();
+        assert!(
+            !tables.iter().any(|t| t == "doc_full" || t == "doc_abbr"),
+            "{tables:?}"
+        );
+        assert!(tables.iter().any(|t| t == "doc_full_gz"), "{tables:?}");
     }
     let store = ShardStore::open(&dir.path().join("s.redb"), ShardId(0), BASE).unwrap();
     let f = Fixture { dir, store, blobs };
@@ -388,8 +413,9 @@ fn assert_served_like_fresh(f: &Fixture, name: &str, stored: &engine::packument:
     let fresh = engine::served::encode_served(stored, BASE);
     for kind in [DocKind::Full, DocKind::Abbreviated] {
         let identity = f.store.read_doc(name, kind).unwrap().unwrap();
-        let fresh_identity =
-            engine::served::decode_doc(fresh.docs[kind.index()].clone().into()).unwrap();
+        let fresh_gzip =
+            engine::served::decode_doc(fresh.docs[kind.stored_index()].clone().into()).unwrap();
+        let fresh_identity = engine::served::identity_doc(&fresh_gzip).unwrap();
         assert_eq!(
             identity.body,
             fresh_identity.body,
@@ -400,8 +426,6 @@ fn assert_served_like_fresh(f: &Fixture, name: &str, stored: &engine::packument:
         assert_eq!(identity.cut, fresh_identity.cut);
         let gzip_kind = DocKind::ALL[kind.index() + 1];
         let stored_gzip = f.store.read_doc(name, gzip_kind).unwrap().unwrap();
-        let fresh_gzip =
-            engine::served::decode_doc(fresh.docs[gzip_kind.index()].clone().into()).unwrap();
         assert!(
             engine::served::gzip_doc_agrees(&stored_gzip, &fresh_gzip, &identity.body),
             "{name} {}",

@@ -3,7 +3,7 @@
 
 Seeds are small valid inputs, so the fuzzer starts past the first checks: npm's request
 heads, chunked bodies, publish bodies for the package `a` (the name publish_body fixes),
-routes, names, a config slot (with its crc32c), served values (an index and two documents,
+routes, names, a config slot (with its crc32c), served values (an index and a gzip document,
 layouts in engine/src/served.rs), and tarballs (the three smallest of the shared corpus, when it is
 beside the repository, plus hand-made ones: GNU and PAX long names, an old top-level
 directory name, edge cases). Output is deterministic; rerun after a format change.
@@ -116,7 +116,7 @@ put("config_record", "legacy", slot(0, 0xDEADBEEF, 0b11011, 2, 50, 132, 7))
 put("config_record", "fields", bytes([1, 1, 24, 80]) + struct.pack("<IIQ", 7, 2, 9))
 
 
-SERVED_FORMAT = 5  # engine::served::FORMAT
+SERVED_FORMAT = 6  # engine::served::FORMAT
 
 
 def served_index():
@@ -138,10 +138,18 @@ def served_doc(body, etag, cut=(0, 0, 0)):
 
 FULL = json.dumps({"name": "a", "versions": {"1.0.0": {"name": "a"}}}).encode() * 40
 put("served_record", "index_two_tarballs", served_index())
-put("served_record", "doc_full", served_doc(FULL, b'"0123456789abcdef0123456789abcdef"',
-                                           (12, 0, zlib.crc32(FULL[:12]))))
+def gzip_with_cut(body, cut):
+    # A gzip member with a sync flush after body[:cut]; returns it and the offset after it.
+    z = zlib.compressobj(1, zlib.DEFLATED, 31)
+    head = z.compress(body[:cut]) + z.flush(zlib.Z_SYNC_FLUSH)
+    return head + z.compress(body[cut:]) + z.flush(), len(head)
+
+
+# Only the gzip form of a document is stored (served format 6).
+FULL_GZ, FULL_GZ_CUT = gzip_with_cut(FULL, 12)
 put("served_record", "doc_full_gz",
-    served_doc(gzip.compress(FULL, mtime=0), b'"0123456789abcdef0123456789abcdef-gz"'))
+    served_doc(FULL_GZ, b'"0123456789abcdef0123456789abcdef-gz"',
+               (12, FULL_GZ_CUT, zlib.crc32(FULL[:12]))))
 
 
 def tar_bytes(files, fmt=tarfile.USTAR_FORMAT):

@@ -22,7 +22,9 @@ use super::{
 use crate::blob::{self, BlobError, BlobId, BlobStore};
 use crate::integrity;
 use crate::packument::StoredPackage;
-use crate::served::{decode_doc, decode_index, encode_served, gzip_doc_agrees, DocKind};
+use crate::served::{
+    decode_doc, decode_index, encode_served, gzip_doc_agrees, identity_doc, DocKind,
+};
 use crate::shard::ShardStore;
 
 /// Threads that read and hash blobs in parallel.
@@ -195,7 +197,7 @@ fn scan_shard_records(
             fixes.entry(name.to_owned()).or_default().push(i);
         }
     }
-    for (kind, table) in DocKind::ALL.into_iter().zip(&docs) {
+    for (kind, table) in DocKind::STORED.into_iter().zip(&docs) {
         let Some(table) = table else { continue };
         for entry in table.iter()? {
             let (key, _) = entry?;
@@ -219,10 +221,11 @@ fn scan_shard_records(
     Ok(txn)
 }
 
-/// One package's served values as stored: the index and the documents by `DocKind::index`.
+/// One package's served values as stored: the index and the documents by
+/// `DocKind::stored_index`.
 struct ServedValues {
     index: Option<Vec<u8>>,
-    docs: [Option<Vec<u8>>; 4],
+    docs: [Option<Vec<u8>>; 2],
 }
 
 /// Checks one decoded package against its served values and rev; returns the indices of the
@@ -299,27 +302,20 @@ fn served_problem(
     if &fresh.index != bytes {
         return Some("the served record differs from a fresh rendering of the package".into());
     }
-    for kind in DocKind::ALL {
-        let Some(doc) = &served.docs[kind.index()] else {
+    for kind in DocKind::STORED {
+        let Some(doc) = &served.docs[kind.stored_index()] else {
             return Some(format!("the served {} document is missing", kind.label()));
         };
-        let fresh_doc = &fresh.docs[kind.index()];
         // A gzip form built by appends has other bytes than a fresh one: it must inflate to
-        // the fresh identity document and keep a sound cut (`served::gzip_doc_agrees`).
-        let agrees = if kind.is_gzip() {
-            let decode = |value: &[u8]| decode_doc(bytes::Bytes::copy_from_slice(value)).ok();
-            match (
-                decode(doc),
-                decode(fresh_doc),
-                decode(&fresh.docs[kind.index() - 1]),
-            ) {
-                (Some(stored), Some(fresh), Some(identity)) => {
-                    gzip_doc_agrees(&stored, &fresh, &identity.body)
-                }
-                _ => false,
+        // the fresh document and keep a sound cut (`served::gzip_doc_agrees`).
+        let decode = |value: &[u8]| decode_doc(bytes::Bytes::copy_from_slice(value)).ok();
+        let fresh = decode(&fresh.docs[kind.stored_index()]);
+        let identity = fresh.as_ref().and_then(|f| identity_doc(f).ok());
+        let agrees = match (decode(doc), fresh, identity) {
+            (Some(stored), Some(fresh), Some(identity)) => {
+                gzip_doc_agrees(&stored, &fresh, &identity.body)
             }
-        } else {
-            doc == fresh_doc
+            _ => false,
         };
         if !agrees {
             return Some(format!(

@@ -27,7 +27,7 @@ use redb::{ReadOnlyTable, ReadTransaction, ReadableDatabase};
 
 use super::tables::{DOCS, REVS, SERVED};
 use super::{ReadError, ShardStore};
-use crate::served::{decode_doc, decode_index, DocKind, ServedDoc, ServedIndex};
+use crate::served::{decode_doc, decode_index, identity_doc, DocKind, ServedDoc, ServedIndex};
 
 type BytesTable = ReadOnlyTable<&'static str, &'static [u8]>;
 
@@ -36,7 +36,7 @@ struct Snapshot {
     generation: u64,
     txn: ReadTransaction,
     revs: Option<ReadOnlyTable<&'static str, u64>>,
-    docs: [Option<BytesTable>; 4],
+    docs: [Option<BytesTable>; 2],
     index: Option<BytesTable>,
 }
 
@@ -83,7 +83,7 @@ impl ShardReader {
                 generation,
                 txn,
                 revs: None,
-                docs: [None, None, None, None],
+                docs: [None, None],
                 index: None,
             });
         }
@@ -133,8 +133,9 @@ impl ShardReader {
         Ok(rev.map(|v| v.value()))
     }
 
-    /// One pre-rendered document of the package (one copy out of redb into a shared buffer),
-    /// as `ShardStore::read_doc`. `generation`: as for `read_rev`.
+    /// One pre-rendered document of the package (one copy out of redb into a shared buffer;
+    /// an identity kind is the stored gzip form inflated), as `ShardStore::read_doc`.
+    /// `generation`: as for `read_rev`.
     ///
     /// # Errors
     /// redb errors, or a corrupt value.
@@ -146,11 +147,11 @@ impl ShardReader {
         kind: DocKind,
     ) -> Result<Option<ServedDoc>, ReadError> {
         let snapshot = self.snapshot(store, generation)?;
-        let slot = &mut snapshot.docs[kind.index()];
+        let slot = &mut snapshot.docs[kind.stored_index()];
         if slot.is_none() {
             let table = snapshot
                 .txn
-                .open_table(DOCS[kind.index()])
+                .open_table(DOCS[kind.stored_index()])
                 .map_err(|e| store.read_error(e))?;
             *slot = Some(table);
         }
@@ -158,12 +159,20 @@ impl ShardReader {
         let Some(value) = table.get(name).map_err(|e| store.read_error(e))? else {
             return Ok(None);
         };
-        decode_doc(Bytes::copy_from_slice(value.value()))
-            .map(Some)
-            .map_err(|e| ReadError::Corrupt {
-                name: name.to_owned(),
-                detail: format!("{} document: {e}", kind.label()),
-            })
+        let doc = decode_doc(Bytes::copy_from_slice(value.value()));
+        drop(value);
+        doc.and_then(|doc| {
+            if kind.is_gzip() {
+                Ok(doc)
+            } else {
+                identity_doc(&doc)
+            }
+        })
+        .map(Some)
+        .map_err(|e| ReadError::Corrupt {
+            name: name.to_owned(),
+            detail: format!("{} document: {e}", kind.label()),
+        })
     }
 
     /// The package's served index, as `ShardStore::read_index`. `generation`: as for

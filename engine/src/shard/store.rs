@@ -16,8 +16,8 @@ use std::time::SystemTime;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::tables::{
-    adjust_inline_bytes, read_inline_bytes, ServedTables, BLOB_INLINE, DOCS, META, META_BASE_URL,
-    META_SERVED_FORMAT, PACKAGES, REVS, SERVED,
+    adjust_inline_bytes, read_inline_bytes, ServedTables, BLOB_INLINE, DOCS, LEGACY_DOCS, META,
+    META_BASE_URL, META_SERVED_FORMAT, PACKAGES, REVS, SERVED,
 };
 use super::{ShardId, ShardReader};
 use crate::blob::{self, BlobError, BlobId, BlobStore};
@@ -268,8 +268,8 @@ impl ShardStore {
         PACKAGES;
     /// The `served` table (indexes), for fsck and backup inside the engine.
     pub(crate) const TABLE_SERVED: TableDefinition<'static, &'static str, &'static [u8]> = SERVED;
-    /// The document tables, indexed by `DocKind::index`, for fsck and backup.
-    pub(crate) const TABLE_DOCS: [TableDefinition<'static, &'static str, &'static [u8]>; 4] = DOCS;
+    /// The document tables, indexed by `DocKind::stored_index`, for fsck and backup.
+    pub(crate) const TABLE_DOCS: [TableDefinition<'static, &'static str, &'static [u8]>; 2] = DOCS;
     /// The `revs` table, for fsck and backup inside the engine.
     pub(crate) const TABLE_REVS: TableDefinition<'static, &'static str, u64> = REVS;
     /// The `meta` table, for fsck and backup inside the engine.
@@ -330,7 +330,7 @@ impl ShardStore {
             // Values in an older layout are dropped whole; every live package is rendered
             // again below.
             txn.delete_table(SERVED)?;
-            for table in DOCS {
+            for table in DOCS.into_iter().chain(LEGACY_DOCS) {
                 txn.delete_table(table)?;
             }
         }
@@ -1160,17 +1160,7 @@ fn encode_touched(
             }
             old.push(value);
         }
-        encode_appended(
-            stored,
-            base_url,
-            from,
-            [
-                old[0].value(),
-                old[1].value(),
-                old[2].value(),
-                old[3].value(),
-            ],
-        )
+        encode_appended(stored, base_url, from, [old[0].value(), old[1].value()])
     };
     let mut encoded = Vec::with_capacity(touched.packages.len());
     let mut failed = HashMap::new();

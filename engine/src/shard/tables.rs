@@ -2,9 +2,10 @@
 //!
 //! - `packages`: name -> `StoredPackage` (JSON): the source of truth for metadata.
 //! - `served`:   name -> served index (`served.rs`): revision and tarball index.
-//! - `doc_full`, `doc_full_gz`, `doc_abbr`, `doc_abbr_gz`: name -> one pre-rendered document
-//!   each (`served.rs`), in separate tables so a read copies, and redb caches, only the
-//!   representation clients ask for.
+//! - `doc_full_gz`, `doc_abbr_gz`: name -> the pre-rendered full and abbreviated documents,
+//!   gzip'd (`served.rs`), in separate tables so a read copies, and redb caches, only the
+//!   document clients ask for. Served format 5 also stored the identity forms (`doc_full`,
+//!   `doc_abbr`); opening such a shard drops those tables (`LEGACY_DOCS`).
 //! - `revs`:     name -> u64 revision: lets a core check a cached served value cheaply.
 //! - `meta`:     key -> bytes: facts about the shard (e.g. the base URL documents embed).
 //! - `blob_inline`: blake3 `BlobId` (32 bytes) -> tarball bytes, for tarballs of at most
@@ -16,12 +17,15 @@ use redb::TableDefinition;
 
 pub(crate) const PACKAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("packages");
 pub(crate) const SERVED: TableDefinition<&str, &[u8]> = TableDefinition::new("served");
-/// Indexed by `DocKind::index`.
-pub(crate) const DOCS: [TableDefinition<&str, &[u8]>; 4] = [
-    TableDefinition::new("doc_full"),
+/// Indexed by `DocKind::stored_index`.
+pub(crate) const DOCS: [TableDefinition<&str, &[u8]>; 2] = [
     TableDefinition::new("doc_full_gz"),
-    TableDefinition::new("doc_abbr"),
     TableDefinition::new("doc_abbr_gz"),
+];
+/// Document tables of earlier served formats, dropped when a shard is opened.
+pub(crate) const LEGACY_DOCS: [TableDefinition<&str, &[u8]>; 2] = [
+    TableDefinition::new("doc_full"),
+    TableDefinition::new("doc_abbr"),
 ];
 pub(crate) const REVS: TableDefinition<&str, u64> = TableDefinition::new("revs");
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -40,19 +44,14 @@ pub(crate) const META_INLINE_BLOB_BYTES: &str = "inline_blob_bytes";
 /// The served tables of a write transaction, opened once for many packages.
 pub(crate) struct ServedTables<'txn> {
     index: redb::Table<'txn, &'static str, &'static [u8]>,
-    docs: [redb::Table<'txn, &'static str, &'static [u8]>; 4],
+    docs: [redb::Table<'txn, &'static str, &'static [u8]>; 2],
 }
 
 impl<'txn> ServedTables<'txn> {
     pub(crate) fn open(txn: &'txn redb::WriteTransaction) -> Result<Self, redb::TableError> {
         Ok(ServedTables {
             index: txn.open_table(SERVED)?,
-            docs: [
-                txn.open_table(DOCS[0])?,
-                txn.open_table(DOCS[1])?,
-                txn.open_table(DOCS[2])?,
-                txn.open_table(DOCS[3])?,
-            ],
+            docs: [txn.open_table(DOCS[0])?, txn.open_table(DOCS[1])?],
         })
     }
 
