@@ -25,7 +25,7 @@ fn bench_packument(c: &mut Criterion) {
     let stored = benches::stored_package(&express, &benches::versions(300));
     let rendered = stored.render(BASE_URL);
     let encoded = encode_served(&stored, BASE_URL);
-    let record = Bytes::from(encoded.docs[DocKind::AbbreviatedGzip.index()].clone());
+    let record = Bytes::from(encoded.docs[DocKind::AbbreviatedGzip.stored_index()].clone());
     eprintln!(
         "packument 300v: full {} B, abbreviated {} B, abbreviated gzip value {} B, index {} B",
         rendered.full.len(),

@@ -146,7 +146,7 @@ impl StoredPackage {
     /// Never: a `Map` of `Value`s always serializes.
     #[must_use]
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("a JSON value tree always serializes")
+        seal_record(&serde_json::to_vec(self).expect("a JSON value tree always serializes"))
     }
 
     /// Decodes what `encode` wrote.
@@ -154,7 +154,7 @@ impl StoredPackage {
     /// # Errors
     /// The stored bytes are not a valid package record.
     pub fn decode(bytes: &[u8]) -> Result<StoredPackage, serde_json::Error> {
-        serde_json::from_slice(bytes)
+        serde_json::from_slice(&record_json(bytes)?)
     }
 
     /// One version's manifest with its absolute tarball URL (`GET /NAME/VERSION`).
@@ -359,6 +359,81 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawEntries<'a> {
     }
 }
 
+/// A stored record of at least `RECORD_ZSTD_MIN_BYTES` of JSON is that JSON compressed as one
+/// zstd frame (with its content size); a smaller one is the JSON itself, which starts with
+/// `{`, never with the frame magic (so are the records of earlier builds). A record is the
+/// largest value a publish writes; compressing it costs the writer a pass over it and
+/// saves the pages. Measured (ARCHITECTURE.md, "What a publish writes"): for records of a
+/// few KiB the pass cost more than the pages saved, for tens of KiB it paid.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+/// Records with less JSON than this are stored plain.
+const RECORD_ZSTD_MIN_BYTES: usize = 16 * 1024;
+/// zstd's fastest positive level: records are written on every publish, and JSON this
+/// repetitive compresses 3-4x even so.
+const RECORD_ZSTD_LEVEL: i32 = 1;
+/// A frame that claims more than this is corrupt (10,000 versions of 64 KiB manifests).
+const RECORD_JSON_BYTES_MAX: u64 = 1 << 30;
+
+thread_local! {
+    /// One zstd context each per thread: a fresh compression context allocates and zeroes
+    /// its tables every time.
+    static RECORD_COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+    static RECORD_DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The stored form of a record's JSON.
+fn seal_record(json: &[u8]) -> Vec<u8> {
+    if json.len() < RECORD_ZSTD_MIN_BYTES {
+        return json.to_vec();
+    }
+    RECORD_COMPRESSOR.with_borrow_mut(|slot| {
+        let compressor = slot.get_or_insert_with(|| {
+            zstd::bulk::Compressor::new(RECORD_ZSTD_LEVEL).expect("zstd allocates a context")
+        });
+        compressor
+            .compress(json)
+            .expect("zstd compresses into a buffer it sizes itself")
+    })
+}
+
+/// The JSON of a stored record: the frame decompressed, or the bytes themselves when they
+/// are not a zstd frame (records of earlier builds).
+///
+/// # Errors
+/// A frame that does not name its size, names too large a one, or does not decompress.
+fn record_json(bytes: &[u8]) -> Result<Cow<'_, [u8]>, serde_json::Error> {
+    if !bytes.starts_with(&ZSTD_MAGIC) {
+        return Ok(Cow::Borrowed(bytes));
+    }
+    let invalid = |what: String| <serde_json::Error as serde::de::Error>::custom(what);
+    let size = match zstd::zstd_safe::get_frame_content_size(bytes) {
+        Ok(Some(size)) if size <= RECORD_JSON_BYTES_MAX => size,
+        _ => {
+            return Err(invalid(
+                "the record's zstd frame names no sound size".into(),
+            ))
+        }
+    };
+    let capacity = usize::try_from(size).map_err(|e| invalid(e.to_string()))?;
+    RECORD_DECOMPRESSOR.with_borrow_mut(|slot| {
+        let decompressor = match slot {
+            Some(d) => d,
+            None => {
+                slot.insert(zstd::bulk::Decompressor::new().map_err(|e| invalid(e.to_string()))?)
+            }
+        };
+        let json = decompressor
+            .decompress(bytes, capacity)
+            .map_err(|e| invalid(format!("the record does not decompress: {e}")))?;
+        if json.len() != capacity {
+            return Err(invalid("the record is shorter than its frame says".into()));
+        }
+        Ok(Cow::Owned(json))
+    })
+}
+
 /// The record's shape as `decode_for_append` reads it.
 #[derive(Deserialize)]
 struct AppendRecord<'a> {
@@ -382,7 +457,8 @@ impl StoredPackage {
         tags: &[&str],
     ) -> Result<(StoredPackage, KeptVersions), serde_json::Error> {
         let invalid = |what: &str| <serde_json::Error as serde::de::Error>::custom(what);
-        let record: AppendRecord<'_> = serde_json::from_slice(bytes)?;
+        let json = record_json(bytes)?;
+        let record: AppendRecord<'_> = serde_json::from_slice(&json)?;
         let mut named: BTreeSet<String> = tags.iter().map(|t| (*t).to_owned()).collect();
         let mut doc = Map::new();
         let mut versions_raw = None;
@@ -497,7 +573,7 @@ impl KeptVersions {
         out.extend_from_slice(b"},\"tarballs\":");
         write_json(&mut out, &stored.tarballs);
         out.push(b'}');
-        Some(out)
+        Some(seal_record(&out))
     }
 }
 
@@ -623,7 +699,8 @@ impl PublishFacts {
     /// # Errors
     /// The bytes are not a valid package record.
     pub fn decode(bytes: &[u8]) -> Result<PublishFacts, serde_json::Error> {
-        match serde_json::from_slice::<FactsRecord<'_>>(bytes) {
+        let json = record_json(bytes)?;
+        match serde_json::from_slice::<FactsRecord<'_>>(&json) {
             Ok(record) => Ok(PublishFacts {
                 maintainers: maintainer_names(record.doc.maintainers.as_ref()),
                 versions: keys(record.doc.versions),
@@ -983,5 +1060,52 @@ mod tests {
     fn encode_decode_round_trip() {
         let stored = sample();
         assert_eq!(StoredPackage::decode(&stored.encode()).unwrap(), stored);
+    }
+
+    /// Big records are stored as zstd frames, small ones as JSON; plain JSON records (also
+    /// big ones, from earlier builds) decode through every decoder; damaged frames are
+    /// errors, not panics or wrong data.
+    #[test]
+    fn records_are_compressed_and_plain_json_still_reads() {
+        let small = sample();
+        assert_eq!(small.encode(), serde_json::to_vec(&small).unwrap());
+        let mut stored = sample();
+        let one = stored.doc["versions"]["1.0.0"].clone();
+        for n in 1..200 {
+            let mut manifest = one.clone();
+            manifest["version"] = json!(format!("1.0.{n}"));
+            stored.doc["versions"][format!("1.0.{n}")] = manifest;
+        }
+        let sealed = stored.encode();
+        let json = serde_json::to_vec(&stored).unwrap();
+        assert!(json.len() >= RECORD_ZSTD_MIN_BYTES);
+        assert!(sealed.starts_with(&ZSTD_MAGIC));
+        assert!(
+            sealed.len() < json.len() / 2,
+            "{} of {}",
+            sealed.len(),
+            json.len()
+        );
+        for bytes in [&sealed, &json] {
+            assert_eq!(StoredPackage::decode(bytes).unwrap(), stored);
+            let facts = PublishFacts::decode(bytes).unwrap();
+            assert_eq!(facts, PublishFacts::of(&stored));
+            let (_, kept) = StoredPackage::decode_for_append(bytes, &[]).unwrap();
+            assert_eq!(kept.encode_with(&stored).unwrap(), sealed);
+        }
+        for cut in [5, sealed.len() / 2, sealed.len() - 1] {
+            assert!(
+                StoredPackage::decode(&sealed[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
+        let mut flipped = sealed.clone();
+        let last = flipped.len() - 3;
+        flipped[last] ^= 0x40;
+        assert!(StoredPackage::decode(&flipped).is_err());
+        // A frame header that claims more than any record may hold.
+        let mut huge = ZSTD_MAGIC.to_vec();
+        huge.extend_from_slice(&[0xc0, 0, 0, 0, 0, 0x40, 0, 0, 0]);
+        assert!(StoredPackage::decode(&huge).is_err());
     }
 }

@@ -27,6 +27,7 @@ use engine::fsck::{self, FindingKind, FsckError, Report};
 use engine::integrity;
 use engine::limits::INLINE_BLOB_BYTES_MAX;
 use engine::names::{PackageName, Version};
+use engine::packument::StoredPackage;
 use engine::publish::{NewVersion, PublishRequest};
 use engine::served::DocKind;
 use engine::shard::{shard_for, ShardId, ShardStore, WriteOp};
@@ -347,12 +348,13 @@ fn every_kind_is_detected_and_only_safe_ones_are_repaired() {
     });
     edit_shard(&home, "claims", |txn| {
         let mut packages = txn.open_table(PACKAGES).unwrap();
-        let mut stored: Value =
-            serde_json::from_slice(packages.get("claims").unwrap().unwrap().value()).unwrap();
-        stored["doc"]["versions"]["1.0.0"]["dist"]["integrity"] =
+        let mut stored =
+            StoredPackage::decode(packages.get("claims").unwrap().unwrap().value()).unwrap();
+        stored.doc["versions"]["1.0.0"]["dist"]["integrity"] =
             Value::String(integrity::compute(b"other bytes").integrity);
-        let bytes = serde_json::to_vec(&stored).unwrap();
-        packages.insert("claims", bytes.as_slice()).unwrap();
+        packages
+            .insert("claims", stored.encode().as_slice())
+            .unwrap();
     });
     // Leftovers: a temp file; a flipped byte in config slot 1.
     let temp = home.join("blobs").join("tmp").join("4242-0.tmp");
@@ -683,11 +685,10 @@ fn an_orphan_holding_a_missing_versions_tarball_is_kept() {
     let wrong = BlobId::of(b"not the tarball").to_hex();
     edit_shard(&home, "lost", |txn| {
         let mut packages = txn.open_table(PACKAGES).unwrap();
-        let mut stored: Value =
-            serde_json::from_slice(packages.get("lost").unwrap().unwrap().value()).unwrap();
-        stored["tarballs"]["1.0.0"]["blob"] = Value::String(wrong.clone());
-        let bytes = serde_json::to_vec(&stored).unwrap();
-        packages.insert("lost", bytes.as_slice()).unwrap();
+        let mut stored =
+            StoredPackage::decode(packages.get("lost").unwrap().unwrap().value()).unwrap();
+        stored.tarballs.get_mut("1.0.0").unwrap().blob = wrong.clone();
+        packages.insert("lost", stored.encode().as_slice()).unwrap();
     });
     // The first repair re-renders the served record (which named the real blob) from the
     // damaged package record; from then on nothing names the real blob.
