@@ -146,7 +146,7 @@ impl StoredPackage {
     /// Never: a `Map` of `Value`s always serializes.
     #[must_use]
     pub fn encode(&self) -> Vec<u8> {
-        seal_record(&serde_json::to_vec(self).expect("a JSON value tree always serializes"))
+        seal_record(serde_json::to_vec(self).expect("a JSON value tree always serializes"))
     }
 
     /// Decodes what `encode` wrote.
@@ -384,16 +384,16 @@ thread_local! {
 }
 
 /// The stored form of a record's JSON.
-fn seal_record(json: &[u8]) -> Vec<u8> {
+fn seal_record(json: Vec<u8>) -> Vec<u8> {
     if json.len() < RECORD_ZSTD_MIN_BYTES {
-        return json.to_vec();
+        return json;
     }
     RECORD_COMPRESSOR.with_borrow_mut(|slot| {
         let compressor = slot.get_or_insert_with(|| {
             zstd::bulk::Compressor::new(RECORD_ZSTD_LEVEL).expect("zstd allocates a context")
         });
         compressor
-            .compress(json)
+            .compress(&json)
             .expect("zstd compresses into a buffer it sizes itself")
     })
 }
@@ -573,7 +573,7 @@ impl KeptVersions {
         out.extend_from_slice(b"},\"tarballs\":");
         write_json(&mut out, &stored.tarballs);
         out.push(b'}');
-        Some(seal_record(&out))
+        Some(seal_record(out))
     }
 }
 

@@ -413,7 +413,7 @@ pub fn decode_doc(buf: Bytes) -> Result<ServedDoc, ServedCorrupt> {
 /// `ServedCorrupt` when the body does not inflate (a damaged member fails its CRC-32 or
 /// length check) or the cut lies outside it.
 pub fn identity_doc(gzip: &ServedDoc) -> Result<ServedDoc, ServedCorrupt> {
-    let body = inflate_member(&gzip.body, 0).map_err(|_| ServedCorrupt {
+    let body = inflate_member(&gzip.body).map_err(|_| ServedCorrupt {
         detail: "the gzip document does not inflate",
     })?;
     if usize::try_from(gzip.cut.body).map_or(true, |cut| cut > body.len()) {
@@ -437,9 +437,9 @@ pub fn identity_doc(gzip: &ServedDoc) -> Result<ServedDoc, ServedCorrupt> {
     })
 }
 
-/// Inflates one gzip member (checking its CRC-32 and length), reserving `hint` bytes, or the
-/// length its trailer names when `hint` is 0.
-fn inflate_member(member: &[u8], hint: usize) -> std::io::Result<Vec<u8>> {
+/// Inflates one gzip member, checking its CRC-32 and length; reserves the length its
+/// trailer names.
+fn inflate_member(member: &[u8]) -> std::io::Result<Vec<u8>> {
     let named = member
         .len()
         .checked_sub(4)
@@ -448,7 +448,7 @@ fn inflate_member(member: &[u8], hint: usize) -> std::io::Result<Vec<u8>> {
             u32::from_le_bytes(isize.try_into().expect("4 bytes")) as usize
         });
     // The trailer is only a hint: a damaged one must not make us reserve gigabytes.
-    let reserve = if hint > 0 { hint } else { named }.min(member.len().saturating_mul(64));
+    let reserve = named.min(member.len().saturating_mul(64));
     let mut out = Vec::with_capacity(reserve);
     std::io::Read::read_to_end(&mut flate2::bufread::GzDecoder::new(member), &mut out)?;
     Ok(out)
