@@ -25,7 +25,7 @@ use engine::auth::AuthStore;
 use engine::blob::{BlobError, BlobId, BlobStore};
 use engine::names::PackageName;
 use engine::publish::{self, PackagePut, PublishError};
-use engine::shard::{ShardId, ShardStore, WriteError, WriteOp, WriteOutcome};
+use engine::shard::{FreeSpace, ShardId, ShardStore, WriteError, WriteOp, WriteOutcome};
 use futures_channel::oneshot;
 
 use crate::limits::{
@@ -238,8 +238,10 @@ impl PreparePool {
             }
             let mut ready = Vec::with_capacity(batch.len());
             let mut reserved = 0u64;
+            // Free space per shard, read once for the batch when a publish first needs it.
+            let mut space: Vec<Option<FreeSpace>> = vec![None; self.shards.len()];
             for ParseJob { shard, job, reply } in batch {
-                match self.check(shard, job, &mut reserved) {
+                match self.check(shard, job, &mut reserved, &mut space) {
                     // No blob file to make durable (inline-sized tarballs, metadata
                     // changes): on to the writer now, not after the rest of the batch.
                     Ok((op, blobs)) if blobs.is_empty() => {
@@ -260,18 +262,22 @@ impl PreparePool {
     }
 
     /// Parses one body; for a publish, also the writer's refusals and the space its tarballs
-    /// need (counted into `reserved` for the batch).
+    /// need (counted into `reserved` for the batch, and checked against the shard's free
+    /// space as `space` read it for this batch).
     fn check(
         &self,
         shard: ShardId,
         job: WriterJob,
         reserved: &mut u64,
+        space: &mut [Option<FreeSpace>],
     ) -> Result<(WriteOp, Vec<BlobId>), WriteError> {
         match prepare(job, &self.auth)? {
             WriteOp::Publish { request, user } => {
                 let store = &self.shards[usize::from(shard.0)];
                 let (blobs, needed) = store.check_publish(&request, &user, &self.blobs)?;
-                store.ensure_space(&self.blobs, *reserved + needed)?;
+                let free = space[usize::from(shard.0)]
+                    .get_or_insert_with(|| store.free_space(&self.blobs));
+                free.check(*reserved + needed)?;
                 *reserved += needed;
                 Ok((WriteOp::PublishPrepared { request, user }, blobs))
             }
