@@ -161,13 +161,33 @@ fn run_core(
     let core = Rc::new(Core::new(index, shared));
     let want_uring = driver != DriverChoice::Legacy;
     if want_uring && monoio::utils::detect_uring() {
+        // Only this thread submits to its ring, and completions are reaped at its own kernel
+        // entries: the kernel need not interrupt it (an IPI and a forced return to the kernel)
+        // to run completion work. A kernel without these flags (before 6.0) builds the ring
+        // without them.
+        let mut tuned = io_uring::IoUring::builder();
+        tuned.setup_coop_taskrun().setup_single_issuer();
+        let mut ring_flags = "coop_taskrun,single_issuer";
         let built = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
             .with_entries(1024)
+            .uring_builder(tuned)
             .enable_timer()
-            .build();
+            .build()
+            .or_else(|_| {
+                ring_flags = "none";
+                monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                    .with_entries(1024)
+                    .enable_timer()
+                    .build()
+            });
         match built {
             Ok(mut runtime) => {
-                tracing::info!(core = index, io.driver = "io_uring", "core started");
+                tracing::info!(
+                    core = index,
+                    io.driver = "io_uring",
+                    io.ring_flags = ring_flags,
+                    "core started"
+                );
                 core.metrics.borrow_mut().driver = "io_uring";
                 return runtime.block_on(start(listener, core, mailbox));
             }
