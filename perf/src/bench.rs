@@ -100,6 +100,13 @@ pub(crate) struct GenOpts {
     /// Publish storm: distinct packages the new versions are spread over.
     #[arg(long, default_value_t = 2000)]
     pub(crate) publish_packages: usize,
+    /// Publish storm: the packages are `perf-pub-NAMESPACE-NNNNN`. By default every run
+    /// takes a namespace of its own (its start time in hex), so each run, and each round of
+    /// `compare`, publishes into fresh packages and rounds measure the same thing. A fixed
+    /// namespace (lowercase letters, digits, `-`) makes successive runs publish into the same
+    /// packages, which then grow by one version per request.
+    #[arg(long)]
+    pub(crate) publish_namespace: Option<String>,
     /// Publish storm: requests built before the clock starts, per second of the run (the
     /// rest are built while the run goes on, which costs load-generator CPU).
     #[arg(long, default_value_t = 3000)]
@@ -293,6 +300,7 @@ pub(crate) fn run(ctx: &RunCtx<'_>, spec: &Spec) -> Result<Row> {
             &ctx.target.authority,
             token,
             gen.publish_packages,
+            gen.publish_namespace.as_deref(),
             prepared_publishes(
                 spec,
                 gen.publish_prepared_per_second

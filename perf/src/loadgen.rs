@@ -66,8 +66,9 @@ impl Source {
     }
 }
 
-/// Generates publish requests: version `1.STAMP.N` of package `perf-pub-(N mod packages)`,
-/// each with its own manifest and tarball (so blobs do not deduplicate).
+/// Generates publish requests: version `1.STAMP.N` of package
+/// `perf-pub-NAMESPACE-(N mod packages)`, each with its own manifest and tarball (so blobs do
+/// not deduplicate). NAMESPACE is the run's STAMP in hex unless one is given.
 ///
 /// The first `prepared` requests are built before the clock starts, on every core, so the
 /// storm measures the server and not the load generator gzipping tarballs (that was 0.3-0.4
@@ -77,6 +78,7 @@ pub(crate) struct PublishSource {
     pub(crate) base_url: String,
     pub(crate) auth: String,
     pub(crate) packages: usize,
+    pub(crate) namespace: String,
     pub(crate) stamp: u64,
     pub(crate) counter: AtomicU64,
     prepared: Vec<Bytes>,
@@ -88,16 +90,32 @@ impl PublishSource {
         authority: &str,
         token: &str,
         packages: usize,
+        namespace: Option<&str>,
         prepared: usize,
     ) -> Result<Self> {
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_millis() as u64);
+        let namespace = match namespace {
+            Some(ns) => {
+                anyhow::ensure!(
+                    !ns.is_empty()
+                        && ns.len() <= 64
+                        && ns
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+                    "--publish-namespace takes 1-64 lowercase letters, digits and '-', not {ns:?}"
+                );
+                ns.to_owned()
+            }
+            None => format!("{stamp:x}"),
+        };
         let mut source = PublishSource {
             authority: authority.to_owned(),
             base_url: base_url.to_owned(),
             auth: format!("Bearer {token}"),
             packages: packages.max(1),
+            namespace,
             stamp,
             counter: AtomicU64::new(0),
             prepared: Vec::new(),
@@ -134,7 +152,11 @@ impl PublishSource {
     }
 
     fn build(&self, n: u64) -> Result<Bytes> {
-        let name = format!("perf-pub-{:05}", n % self.packages as u64);
+        let name = format!(
+            "perf-pub-{}-{:05}",
+            self.namespace,
+            n % self.packages as u64
+        );
         let version = format!("1.{}.{n}", self.stamp);
         let manifest = corpus::synthetic_manifest(&name, &version, corpus::mix(n), 1000);
         let tgz = corpus::synthetic_tarball(&manifest, 1)?;
