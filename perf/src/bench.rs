@@ -105,7 +105,7 @@ pub(crate) struct GenOpts {
     /// `compare`, publishes into fresh packages and rounds measure the same thing. A fixed
     /// namespace (lowercase letters, digits, `-`) makes successive runs publish into the same
     /// packages, which then grow by one version per request.
-    #[arg(long)]
+    #[arg(long, value_parser = publish_namespace)]
     pub(crate) publish_namespace: Option<String>,
     /// Publish storm: requests built before the clock starts, per second of the run (the
     /// rest are built while the run goes on, which costs load-generator CPU).
@@ -114,6 +114,23 @@ pub(crate) struct GenOpts {
     /// Per-request timeout in seconds (counted as a socket error).
     #[arg(long, default_value_t = 20)]
     pub(crate) timeout: u64,
+}
+
+/// `--publish-namespace`: checked when the arguments are parsed, so that `compare` refuses a
+/// bad one before it starts any server. The names it makes must be valid npm names.
+fn publish_namespace(ns: &str) -> Result<String, String> {
+    let valid = !ns.is_empty()
+        && ns.len() <= 64
+        && ns
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if valid {
+        Ok(ns.to_owned())
+    } else {
+        Err(format!(
+            "takes 1-64 lowercase letters, digits and '-', not {ns:?}"
+        ))
+    }
 }
 
 /// One workload run's parameters.
@@ -456,4 +473,17 @@ fn prepared_publishes(spec: &Spec, per_second: usize) -> usize {
         .max_requests
         .map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
     by_time.min(by_budget).min(100_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::publish_namespace;
+
+    #[test]
+    fn publish_namespaces_make_valid_npm_names_or_are_refused() {
+        assert_eq!(publish_namespace("grow-1").as_deref(), Ok("grow-1"));
+        for bad in ["", "Grow", "a_b", "a/b", "é", &"a".repeat(65)] {
+            assert!(publish_namespace(bad).is_err(), "{bad:?}");
+        }
+    }
 }

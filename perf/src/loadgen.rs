@@ -96,20 +96,8 @@ impl PublishSource {
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_millis() as u64);
-        let namespace = match namespace {
-            Some(ns) => {
-                anyhow::ensure!(
-                    !ns.is_empty()
-                        && ns.len() <= 64
-                        && ns
-                            .bytes()
-                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
-                    "--publish-namespace takes 1-64 lowercase letters, digits and '-', not {ns:?}"
-                );
-                ns.to_owned()
-            }
-            None => format!("{stamp:x}"),
-        };
+        // Checked by the argument parser (`bench::publish_namespace`).
+        let namespace = namespace.map_or_else(|| format!("{stamp:x}"), str::to_owned);
         let mut source = PublishSource {
             authority: authority.to_owned(),
             base_url: base_url.to_owned(),

@@ -165,21 +165,22 @@ fn run_core(
         // entries: the kernel need not interrupt it (an IPI and a forced return to the kernel)
         // to run completion work. A kernel without these flags (before 6.0) builds the ring
         // without them.
+        let ring = |urb: Option<io_uring::Builder>| {
+            let builder = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().with_entries(1024);
+            match urb {
+                Some(urb) => builder.uring_builder(urb),
+                None => builder,
+            }
+            .enable_timer()
+            .build()
+        };
         let mut tuned = io_uring::IoUring::builder();
         tuned.setup_coop_taskrun().setup_single_issuer();
         let mut ring_flags = "coop_taskrun,single_issuer";
-        let built = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .with_entries(1024)
-            .uring_builder(tuned)
-            .enable_timer()
-            .build()
-            .or_else(|_| {
-                ring_flags = "none";
-                monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-                    .with_entries(1024)
-                    .enable_timer()
-                    .build()
-            });
+        let built = ring(Some(tuned)).or_else(|_| {
+            ring_flags = "none";
+            ring(None)
+        });
         match built {
             Ok(mut runtime) => {
                 tracing::info!(
