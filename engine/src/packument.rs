@@ -57,16 +57,47 @@ pub struct StoredPackage {
 pub struct Rendered {
     pub full: Vec<u8>,
     pub full_cut: usize,
+    pub full_entries: Entries,
     pub abbreviated: Vec<u8>,
     pub abbreviated_cut: usize,
+    pub abbreviated_entries: Entries,
+}
+
+/// What the `versions` entries of a rendered document leave for the next append, without
+/// reading the document again: the entries' hash chain (`chain_entry`, folded over every
+/// entry as it was written) and where the last entry starts in the buffer that was written
+/// (equal to the buffer's length before writing when no entry was written).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Entries {
+    pub chain: u128,
+    pub last: usize,
+}
+
+/// The hash chain of a document's `versions` entries: `chain` (0 before the first entry)
+/// extended by one entry's bytes as rendered (`"1.0.0":{...}`, with the comma before it
+/// unless it is the first). It depends on the entries' bytes only, not on how many publishes
+/// wrote them, so an appended document and a fresh rendering of the same package agree,
+/// and a validator derived from it names the document's content.
+#[must_use]
+pub fn chain_entry(chain: u128, entry: &[u8]) -> u128 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    hasher.update(&chain.to_le_bytes());
+    hasher.update(entry);
+    hasher.digest128()
 }
 
 /// What appending versions changes in one document: `mid`, the new versions' entries, goes
 /// at the old cut, and `tail` replaces everything after it. The new document is
 /// `old[..old_cut] + mid + tail` and its cut is `old_cut + mid.len()`.
+/// `window` is the entry of the last version before the append as the old document has it
+/// (what the compressor must take as its dictionary, and what the old document's cut lets an
+/// append check); `entries` the chain continued over `mid`'s entries, with the start of the
+/// last of them in `mid`.
 #[derive(Debug)]
 pub struct AppendedDoc {
+    pub window: Vec<u8>,
     pub mid: Vec<u8>,
+    pub entries: Entries,
     pub tail: Vec<u8>,
 }
 
@@ -178,52 +209,93 @@ impl StoredPackage {
         let render_one = |abbreviated: bool| {
             let mut out = Vec::with_capacity(1024);
             out.extend_from_slice(b"{\"versions\":{");
-            if let Some(versions) = versions {
-                write_versions(&mut out, versions, 0, base_url, abbreviated);
-            }
+            let entries = match versions {
+                Some(versions) => write_versions(
+                    &mut out,
+                    versions,
+                    0..versions.len(),
+                    base_url,
+                    abbreviated,
+                    0,
+                ),
+                None => Entries {
+                    chain: 0,
+                    last: out.len(),
+                },
+            };
             let cut = out.len();
             if abbreviated {
                 self.write_abbreviated_tail(&mut out);
             } else {
                 self.write_full_tail(&mut out, &rev);
             }
-            (out, cut)
+            (out, cut, entries)
         };
-        let (full, full_cut) = render_one(false);
-        let (abbreviated, abbreviated_cut) = render_one(true);
+        let (full, full_cut, full_entries) = render_one(false);
+        let (abbreviated, abbreviated_cut, abbreviated_entries) = render_one(true);
         Rendered {
             full,
             full_cut,
+            full_entries,
             abbreviated,
             abbreviated_cut,
+            abbreviated_entries,
         }
     }
 
     /// The parts of both documents that change when versions `from..` (in `versions` order)
     /// are appended to a package that had `from` versions, all of them still in place and
-    /// unchanged (what `publish::plan_publish` does). None when `from` is 0 or past the
-    /// versions: there is nothing to append to.
+    /// unchanged (what `publish::plan_publish` does), and the entry of version `from - 1`
+    /// (whose manifest must be there, not a placeholder). `chains` are the old documents'
+    /// entry chains (full, abbreviated). None when `from` is 0 or past the versions: there
+    /// is nothing to append to.
     #[must_use]
-    pub fn render_appended(&self, base_url: &str, from: usize) -> Option<Appended> {
+    pub fn render_appended(
+        &self,
+        base_url: &str,
+        from: usize,
+        chains: [u128; 2],
+    ) -> Option<Appended> {
         let versions = self.versions()?;
         if from == 0 || from >= versions.len() {
             return None;
         }
         let rev = self.rev_string();
-        let part = |abbreviated: bool| {
+        let part = |abbreviated: bool, chain: u128| {
+            let mut window = Vec::with_capacity(1024);
+            write_versions(
+                &mut window,
+                versions,
+                from - 1..from,
+                base_url,
+                abbreviated,
+                0,
+            );
             let mut mid = Vec::with_capacity(1024);
-            write_versions(&mut mid, versions, from, base_url, abbreviated);
+            let entries = write_versions(
+                &mut mid,
+                versions,
+                from..versions.len(),
+                base_url,
+                abbreviated,
+                chain,
+            );
             let mut tail = Vec::with_capacity(1024);
             if abbreviated {
                 self.write_abbreviated_tail(&mut tail);
             } else {
                 self.write_full_tail(&mut tail, &rev);
             }
-            AppendedDoc { mid, tail }
+            AppendedDoc {
+                window,
+                mid,
+                entries,
+                tail,
+            }
         };
         Some(Appended {
-            full: part(false),
-            abbreviated: part(true),
+            full: part(false, chains[0]),
+            abbreviated: part(true, chains[1]),
         })
     }
 
@@ -278,16 +350,25 @@ fn write_entry(out: &mut Vec<u8>, key: &str, value: &(impl Serialize + ?Sized)) 
     write_json(out, value);
 }
 
-/// The entries of `versions` from position `from` on, `"1.0.0":{...}`, comma-separated and
-/// preceded by a comma unless `from` is 0: what goes inside the `versions` object.
+/// The entries of `versions` at positions `range`, `"1.0.0":{...}`, each preceded by a comma
+/// unless it is the first version: what goes inside the `versions` object. Returns `chain`
+/// extended over each entry written, and where the last one starts in `out`.
 fn write_versions(
     out: &mut Vec<u8>,
     versions: &Map<String, Value>,
-    from: usize,
+    range: std::ops::Range<usize>,
     base_url: &str,
     abbreviated: bool,
-) {
-    for (i, (version, manifest)) in versions.iter().enumerate().skip(from) {
+    mut chain: u128,
+) -> Entries {
+    let mut last = out.len();
+    for (i, (version, manifest)) in versions
+        .iter()
+        .enumerate()
+        .skip(range.start)
+        .take(range.len())
+    {
+        last = out.len();
         if i > 0 {
             out.push(b',');
         }
@@ -301,7 +382,9 @@ fn write_versions(
                 abbreviated,
             },
         );
+        chain = chain_entry(chain, &out[last..]);
     }
+    Entries { chain, last }
 }
 
 /// The version manifests of a package record, kept as the record's bytes, for a batch of
@@ -446,8 +529,8 @@ struct AppendRecord<'a> {
 impl StoredPackage {
     /// Decodes a record for a batch of publishes: every version manifest is `null` except
     /// those a dist-tag of the record or one of `tags` names (what `publish::plan_publish`
-    /// reads when it copies the `latest` version's fields to the top), and the manifests'
-    /// bytes are kept for `KeptVersions::encode_with`. Only for planning publishes: the
+    /// reads when it copies the `latest` version's fields to the top) and the last one (what
+    /// `render_appended` renders again), and the manifests' bytes are kept for `KeptVersions::encode_with`. Only for planning publishes: the
     /// result must not be rendered or encoded.
     ///
     /// # Errors
@@ -483,6 +566,11 @@ impl StoredPackage {
             .strip_prefix('{')
             .and_then(|t| t.strip_suffix('}'))
             .ok_or_else(|| invalid("versions is not an object"))?;
+        // The last version's manifest too: an append renders its entry again, as the
+        // compressor's dictionary (`served::encode_appended`).
+        if let Some((last, _)) = entries.0.last() {
+            named.insert(last.to_string());
+        }
         let mut versions = Map::new();
         for (version, manifest) in &entries.0 {
             let value = if named.contains(version.as_ref()) {
@@ -966,23 +1054,36 @@ mod tests {
             old.doc
                 .insert("dist-tags".into(), json!({"latest": "0.0.1"}));
             let old = old.render(base);
-            let appended = stored.render_appended(base, from).unwrap();
-            for (old_doc, old_cut, part, new_doc, new_cut) in [
+            let chains = [old.full_entries.chain, old.abbreviated_entries.chain];
+            let appended = stored.render_appended(base, from, chains).unwrap();
+            for (old_doc, old_cut, old_entries, part, new_doc, new_cut, new_entries) in [
                 (
                     &old.full,
                     old.full_cut,
+                    old.full_entries,
                     &appended.full,
                     &new.full,
                     new.full_cut,
+                    new.full_entries,
                 ),
                 (
                     &old.abbreviated,
                     old.abbreviated_cut,
+                    old.abbreviated_entries,
                     &appended.abbreviated,
                     &new.abbreviated,
                     new.abbreviated_cut,
+                    new.abbreviated_entries,
                 ),
             ] {
+                // The window is the old document's last entry; the chain continued over the
+                // new entries is the fresh rendering's, and so is the last entry.
+                assert_eq!(part.window, old_doc[old_entries.last..old_cut]);
+                assert_eq!(part.entries.chain, new_entries.chain, "from {from}");
+                assert_eq!(
+                    part.mid[part.entries.last..],
+                    new_doc[new_entries.last..new_cut]
+                );
                 let mut joined = old_doc[..old_cut].to_vec();
                 joined.extend_from_slice(&part.mid);
                 assert_eq!(joined.len(), new_cut, "from {from}");
@@ -994,8 +1095,8 @@ mod tests {
                 );
             }
         }
-        assert!(stored.render_appended(base, 0).is_none());
-        assert!(stored.render_appended(base, count).is_none());
+        assert!(stored.render_appended(base, 0, [0; 2]).is_none());
+        assert!(stored.render_appended(base, count, [0; 2]).is_none());
     }
 
     #[test]

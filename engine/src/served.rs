@@ -11,22 +11,26 @@
 //! Layouts (little-endian):
 //!
 //! The index (`served` table), what a tarball GET needs:
-//!   0       format u8 (= 6)
+//!   0       format u8 (= 7)
 //!   1..9    rev u64
 //!   then    base_url: u32 length + bytes
 //!   then    tarball count u32; each: file (u16 length + bytes), blob [u8; 32], size u64
 //!
 //! The gzip form of the full and of the abbreviated document (`doc_full_gz`, `doc_abbr_gz`):
-//!   0       format u8 (= 6)
+//!   0       format u8 (= 7)
 //!   1..9    rev u64
 //!   9       etag length u8, then the etag (quoted, ending in `-gz"`)
-//!   then    the cut (`Cut`): body u32, gzip u32, crc u32
+//!   then    the cut (`Cut`): body u32, gzip u32, crc u32, chain u128, window u64
 //!   then    the gzip member, to the end of the value
 //!
 //! The cut is where a publish appends: documents start with `versions`, and a publish only
 //! appends versions (`packument::Rendered`). The gzip form is deflated with a sync point at
 //! the cut, so appending re-uses every compressed byte before it and deflates only the new
-//! versions and what follows them (`encode_appended`), instead of the whole document.
+//! versions and what follows them (`encode_appended`), instead of the whole document. The
+//! cut carries what an append needs of the bytes before it, so that it reads none of them:
+//! their CRC-32 (the gzip trailer's continues from it), the hash chain of their version
+//! entries (the validator is derived from it and the tail) and a hash of the last entry
+//! (the compressor's dictionary, rendered again and checked against it).
 //!
 //! Every value carries the package's revision, so a reader that combines values read at
 //! different times can tell whether they belong together. Decoding checks every length
@@ -35,11 +39,11 @@
 use bytes::Bytes;
 
 use crate::blob::{BlobId, BLOB_ID_BYTES};
-use crate::packument::{AppendedDoc, StoredPackage};
+use crate::packument::{chain_entry, AppendedDoc, Entries, StoredPackage};
 
 /// The layout version of every served value. A shard whose `meta` records another version
 /// (or none) re-renders all of them when opened (`ShardStore::open`).
-pub const FORMAT: u8 = 6;
+pub const FORMAT: u8 = 7;
 /// Deflate levels (flate2 on its zlib-rs backend) for pre-compressed documents, by the
 /// identity document's size. The gzip form is paid once per write and served many times, but
 /// most writes are publishes of small packages. zlib-rs level 1 (deflate_quick: static
@@ -119,15 +123,19 @@ impl DocKind {
 }
 
 /// Where a document grows. `body` is the offset in the identity body of the `}` that closes
-/// `versions` and `crc` the CRC-32 of the identity body before it; both are the same in the
-/// identity and the gzip form. In the gzip form, `gzip` is the offset in the gzip body just
-/// after the sync point that ends the deflate data of `identity[..body]` (0 in the identity
-/// form).
+/// `versions`, `crc` the CRC-32 of the identity body before it, `chain` the hash chain of the
+/// version entries before it (`packument::chain_entry`) and `window` the xxh3-64 of the
+/// dictionary an append deflates with (`window_of`: the end of the last entry). All are the
+/// same in the identity and the gzip form. In the gzip form, `gzip` is the offset in the
+/// gzip body just after the sync point that ends the deflate data of `identity[..body]` (0
+/// in the identity form).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Cut {
     pub body: u32,
     pub gzip: u32,
     pub crc: u32,
+    pub chain: u128,
+    pub window: u64,
 }
 
 /// One decoded document: its body and validator, at revision `rev`.
@@ -226,8 +234,18 @@ pub struct EncodedServed {
 #[must_use]
 pub fn encode_served(stored: &StoredPackage, base_url: &str) -> EncodedServed {
     let rendered = stored.render(base_url);
-    let full = encode_gzip_doc(stored.rev, &rendered.full, rendered.full_cut);
-    let abbreviated = encode_gzip_doc(stored.rev, &rendered.abbreviated, rendered.abbreviated_cut);
+    let full = encode_gzip_doc(
+        stored.rev,
+        &rendered.full,
+        rendered.full_cut,
+        rendered.full_entries,
+    );
+    let abbreviated = encode_gzip_doc(
+        stored.rev,
+        &rendered.abbreviated,
+        rendered.abbreviated_cut,
+        rendered.abbreviated_entries,
+    );
     EncodedServed {
         index: encode_index(stored, base_url),
         docs: [full, abbreviated],
@@ -236,14 +254,18 @@ pub fn encode_served(stored: &StoredPackage, base_url: &str) -> EncodedServed {
 
 /// Encodes the served values of `stored` from `old`, its stored documents (indexed by
 /// `DocKind::stored_index`) from when it had its first `from` versions, all still in place
-/// and unchanged (a publish only appends). Renders only the new versions and what follows
-/// them, and deflates only those: the compressed bytes before each cut are copied, and the
-/// old document is inflated only to hash the new one and to prime the compressor. The
-/// result decodes to what `encode_served` gives, though the gzip bytes differ.
+/// and unchanged (a publish only appends). Renders only the new versions, what follows
+/// them and the entry of the version before them, and deflates only the new parts: the
+/// compressed bytes before each cut are copied and nothing of the old document is inflated
+/// (its cut has the CRC-32, the entry chain and the dictionary's hash). The result decodes
+/// to what `encode_served` gives, though the gzip bytes differ.
 ///
-/// None when the old documents do not fit (another layout, cuts out of bounds, a body that
-/// does not inflate to what its cut says) or `from` leaves nothing to append: the caller
-/// encodes from scratch.
+/// Bytes before a cut that are damaged are copied as they are: `fsck` finds them (by
+/// inflating every stored document), and an unpublish or a repair renders the package anew.
+///
+/// None when the old documents do not fit (another layout, a cut out of bounds, a last
+/// entry that renders otherwise than its cut says, as when its manifest is a placeholder)
+/// or `from` leaves nothing to append: the caller encodes from scratch.
 #[must_use]
 pub fn encode_appended(
     stored: &StoredPackage,
@@ -251,37 +273,32 @@ pub fn encode_appended(
     from: usize,
     old: [&[u8]; 2],
 ) -> Option<EncodedServed> {
-    let appended = stored.render_appended(base_url, from)?;
-    let one = |gzip: &[u8], part: &AppendedDoc| {
-        let gzip = split_doc(gzip).ok()?;
-        let cut = usize::try_from(gzip.cut.body).ok()?;
-        let gzip_cut = usize::try_from(gzip.cut.gzip).ok()?;
-        // Only the versions before the cut are inflated: the tail is rendered anew.
-        let prefix = inflate_to_sync(gzip.body.get(GZIP_HEADER_BYTES..gzip_cut)?, cut)?;
-        let prefix = &prefix[..];
-        // The CRC-32 the gzip trailer continues from must be the prefix's (cheap next to
-        // deflating: CRC-32 runs at memory speed).
-        if zlib_rs::crc32::crc32(0, prefix) != gzip.cut.crc {
+    let old = [split_doc(old[0]).ok()?, split_doc(old[1]).ok()?];
+    let appended = stored.render_appended(base_url, from, [old[0].cut.chain, old[1].cut.chain])?;
+    let one = |gzip: &SplitDoc<'_>, part: &AppendedDoc| {
+        let window = window_of(&part.window, 0);
+        if xxhash_rust::xxh3::xxh3_64(window) != gzip.cut.window {
             return None;
         }
-        let mut body = Vec::with_capacity(cut + part.mid.len() + part.tail.len());
-        body.extend_from_slice(prefix);
-        body.extend_from_slice(&part.mid);
-        body.extend_from_slice(&part.tail);
-        let zipped = gzip_appended(prefix, gzip.body, gzip.cut, part, body.len())?;
-        Some(doc_value(
-            stored.rev,
-            &gzip_etag(&etag(&body)),
-            zipped.1,
-            &zipped.0,
-        ))
+        let cut = usize::try_from(gzip.cut.body).ok()?;
+        let len = cut + part.mid.len() + part.tail.len();
+        let (zipped, new_cut) = gzip_appended(window, gzip.body, gzip.cut, part, len)?;
+        let etag = gzip_etag(&etag(part.entries.chain, &part.tail));
+        Some(doc_value(stored.rev, &etag, new_cut, &zipped))
     };
-    let full = one(old[0], &appended.full)?;
-    let abbreviated = one(old[1], &appended.abbreviated)?;
+    let full = one(&old[0], &appended.full)?;
+    let abbreviated = one(&old[1], &appended.abbreviated)?;
     Some(EncodedServed {
         index: encode_index(stored, base_url),
         docs: [full, abbreviated],
     })
+}
+
+/// The dictionary an append after `entries[last..]` deflates with: the end of the last
+/// entry before the cut, at most `DICTIONARY_BYTES`.
+fn window_of(entries: &[u8], last: usize) -> &[u8] {
+    let last_entry = entries.get(last..).unwrap_or_default();
+    &last_entry[last_entry.len().saturating_sub(DICTIONARY_BYTES)..]
 }
 
 /// The index value of `stored` for `base_url`.
@@ -312,15 +329,19 @@ fn encode_index(stored: &StoredPackage, base_url: &str) -> Vec<u8> {
     index
 }
 
-/// The stored (gzip) value of one rendered document whose cut is at `cut`.
-fn encode_gzip_doc(rev: u64, body: &[u8], cut: usize) -> Vec<u8> {
+/// The stored (gzip) value of one rendered document whose cut is at `cut`, with `entries`
+/// from its rendering.
+fn encode_gzip_doc(rev: u64, body: &[u8], cut: usize, entries: Entries) -> Vec<u8> {
     let (zipped, gzip_cut) = gzip_with_cut(body, cut);
-    let cut = Cut {
+    let cut_at = Cut {
         body: u32::try_from(cut).expect("documents are bounded"),
         gzip: u32::try_from(gzip_cut).expect("documents are bounded"),
         crc: zlib_rs::crc32::crc32(0, &body[..cut]),
+        chain: entries.chain,
+        window: xxhash_rust::xxh3::xxh3_64(window_of(&body[..cut], entries.last)),
     };
-    doc_value(rev, &gzip_etag(&etag(body)), cut, &zipped)
+    let etag = gzip_etag(&etag(entries.chain, &body[cut..]));
+    doc_value(rev, &etag, cut_at, &zipped)
 }
 
 /// One document value: the header, then `body`.
@@ -333,6 +354,8 @@ fn doc_value(rev: u64, etag: &str, cut: Cut, body: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&cut.body.to_le_bytes());
     out.extend_from_slice(&cut.gzip.to_le_bytes());
     out.extend_from_slice(&cut.crc.to_le_bytes());
+    out.extend_from_slice(&cut.chain.to_le_bytes());
+    out.extend_from_slice(&cut.window.to_le_bytes());
     out.extend_from_slice(body);
     out
 }
@@ -481,6 +504,8 @@ fn split_doc(buf: &[u8]) -> Result<SplitDoc<'_>, ServedCorrupt> {
         body: r.u32()?,
         gzip: r.u32()?,
         crc: r.u32()?,
+        chain: r.u128()?,
+        window: r.u64()?,
     };
     Ok(SplitDoc {
         rev,
@@ -490,8 +515,11 @@ fn split_doc(buf: &[u8]) -> Result<SplitDoc<'_>, ServedCorrupt> {
     })
 }
 
-fn etag(bytes: &[u8]) -> String {
-    format!("\"{:032x}\"", xxhash_rust::xxh3::xxh3_128(bytes))
+/// The validator of the document whose version entries hash to `chain` and whose bytes
+/// after them are `tail`: a function of the document's bytes alone, however many appends
+/// wrote them.
+fn etag(chain: u128, tail: &[u8]) -> String {
+    format!("\"{:032x}\"", chain_entry(chain, tail))
 }
 
 fn gzip_etag(etag: &str) -> String {
@@ -574,12 +602,12 @@ fn gzip_with_cut(bytes: &[u8], cut: usize) -> (Vec<u8>, usize) {
 }
 
 /// The gzip body of `prefix + part.mid + part.tail` (`len` bytes) from `old`, the gzip body
-/// of `prefix + old tail` with its cut `cut` after `prefix`: `old` up to that sync point,
-/// then `mid` deflated with the end of `prefix` as its dictionary (the decoder's window at
-/// that point ends with exactly those bytes), a new sync point, and `tail`. Returns
-/// the body and its cut; None when `cut` does not fit `old`.
+/// of `prefix + old tail` with its cut `cut` after `prefix`, where `window` is the end of
+/// `prefix`: `old` up to that sync point, then `mid` deflated with `window` as its
+/// dictionary (the decoder's window at that point ends with exactly those bytes), a new
+/// sync point, and `tail`. Returns the body and its cut; None when `cut` does not fit `old`.
 fn gzip_appended(
-    prefix: &[u8],
+    window: &[u8],
     old: &[u8],
     cut: Cut,
     part: &AppendedDoc,
@@ -590,31 +618,33 @@ fn gzip_appended(
         .get(..gzip_cut)
         .filter(|k| k.len() >= GZIP_HEADER_BYTES + SYNC_MARKER.len() && k.ends_with(SYNC_MARKER))?;
     let level = gzip_level(len);
-    let window = &prefix[prefix.len().saturating_sub(DICTIONARY_BYTES)..];
-    with_deflate(level, |deflate| {
-        deflate
-            .set_dictionary(window)
-            .expect("a reset raw deflate stream takes a dictionary");
+    let new_cut = Cut {
+        body: cut.body.checked_add(u32::try_from(part.mid.len()).ok()?)?,
+        gzip: 0,
+        crc: zlib_rs::crc32::crc32(cut.crc, &part.mid),
+        chain: part.entries.chain,
+        window: xxhash_rust::xxh3::xxh3_64(window_of(&part.mid, part.entries.last)),
+    };
+    let out = with_deflate(level, |deflate| {
+        if !window.is_empty() {
+            deflate
+                .set_dictionary(window)
+                .expect("a reset raw deflate stream takes a dictionary");
+        }
         let mut out = Vec::with_capacity(kept.len() + (part.mid.len() + part.tail.len()) / 3);
         out.extend_from_slice(kept);
         deflate_into(deflate, &part.mid, &mut out, flate2::FlushCompress::Sync);
-        let new_cut = Cut {
-            body: 0,
-            gzip: u32::try_from(out.len()).ok()?,
-            crc: zlib_rs::crc32::crc32(cut.crc, &part.mid),
-        };
+        let gzip = out.len();
         deflate_into(deflate, &part.tail, &mut out, flate2::FlushCompress::Finish);
         gzip_trailer(
             &mut out,
             zlib_rs::crc32::crc32(new_cut.crc, &part.tail),
             len,
         );
-        Some((out, new_cut))
-    })
-    .map(|(out, c)| {
-        let body = cut.body + u32::try_from(part.mid.len()).unwrap_or(u32::MAX);
-        (out, Cut { body, ..c })
-    })
+        (out, gzip)
+    });
+    let gzip = u32::try_from(out.1).ok()?;
+    Some((out.0, Cut { gzip, ..new_cut }))
 }
 
 /// Whether a stored gzip document value says what `fresh` (the same document freshly
@@ -625,10 +655,10 @@ fn gzip_appended(
 /// themselves may differ: appends deflate pieces at different times (`encode_appended`).
 #[must_use]
 pub fn gzip_doc_agrees(stored: &ServedDoc, fresh: &ServedDoc, identity: &[u8]) -> bool {
+    let cut_without_gzip = |cut: Cut| Cut { gzip: 0, ..cut };
     if stored.rev != fresh.rev
         || stored.etag != fresh.etag
-        || stored.cut.body != fresh.cut.body
-        || stored.cut.crc != fresh.cut.crc
+        || cut_without_gzip(stored.cut) != cut_without_gzip(fresh.cut)
     {
         return false;
     }
@@ -699,10 +729,10 @@ fn inflate_to_sync(deflated: &[u8], len: usize) -> Option<Vec<u8>> {
 const SYNC_MARKER: &[u8] = &[0, 0, 0xff, 0xff];
 /// Bytes of a gzip member header as `gzip_header` writes it.
 const GZIP_HEADER_BYTES: usize = 10;
-/// How much of the document before the cut an append hands the compressor as its
+/// How much of the last version entry before the cut an append hands the compressor as its
 /// dictionary. Deflate could reach 32 KiB back, but loading a dictionary costs a hash insert
 /// per byte (a 32 KiB one was 5% of a publish storm's CPU), and what a new version repeats
-/// is mostly in the versions just before it.
+/// is mostly in the version just before it, the one entry an append renders again.
 const DICTIONARY_BYTES: usize = 8 * 1024;
 
 /// Deflates all of `input` into `out` and flushes as `flush` says: `Sync` ends on a byte
@@ -769,6 +799,12 @@ impl<'a> Reader<'a> {
             self.take(4)?.try_into().expect("took 4 bytes"),
         ))
     }
+    fn u128(&mut self) -> Result<u128, ServedCorrupt> {
+        Ok(u128::from_le_bytes(
+            self.take(16)?.try_into().expect("took 16 bytes"),
+        ))
+    }
+
     fn u64(&mut self) -> Result<u64, ServedCorrupt> {
         Ok(u64::from_le_bytes(
             self.take(8)?.try_into().expect("took 8 bytes"),
@@ -940,20 +976,36 @@ mod tests {
         assert!(encode_appended(&stored, "http://h", 1, as_refs(&docs(&old))).is_some());
         assert!(encode_appended(&stored, "http://h", 0, as_refs(&docs(&old))).is_none());
         assert!(encode_appended(&stored, "http://h", 2, as_refs(&docs(&old))).is_none());
-        // A gzip cut past its body, a CRC that is not the prefix's, bytes that do not inflate.
+        // A gzip cut past its body, a dictionary hash that is not the last entry's, and a
+        // last manifest that is a placeholder (it renders otherwise) are refused.
         let mut bad = docs(&old);
         let at = 10 + decode_doc(Bytes::from(bad[0].clone())).unwrap().etag.len() + 4;
         bad[0][at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(encode_appended(&stored, "http://h", 1, as_refs(&bad)).is_none());
+        // The cut: gzip (at), crc (at + 4), chain (at + 8), window (at + 24), then the member.
         let mut bad = docs(&old);
-        bad[1][at + 4] ^= 1;
+        bad[1][at + 24] ^= 1;
         assert!(encode_appended(&stored, "http://h", 1, as_refs(&bad)).is_none());
-        // The gzip member starts after the cut's gzip and crc fields; its deflate data after
-        // the 10-byte header.
-        let member_at = at + 8;
+        let mut placeholder = stored.clone();
+        let Some(Value::Object(versions)) = placeholder.doc.get_mut("versions") else {
+            unreachable!()
+        };
+        versions.insert("1.0.0".into(), Value::Null);
+        let docs_of_old = docs(&old);
+        assert!(encode_appended(&placeholder, "http://h", 1, as_refs(&docs_of_old)).is_none());
+        // Damage before the cut is copied, not read: the result no longer agrees with a fresh
+        // encoding, which is how fsck finds it.
+        let member_at = at + 32;
         let mut bad = docs(&old);
         bad[0][member_at + 16] ^= 0x55;
-        assert!(encode_appended(&stored, "http://h", 1, as_refs(&bad)).is_none());
+        let copied = encode_appended(&stored, "http://h", 1, as_refs(&bad)).unwrap();
+        let fresh_full = doc_of(&encode_served(&stored, "http://h").docs[0]);
+        let fresh_identity = identity_doc(&fresh_full).unwrap().body;
+        assert!(!gzip_doc_agrees(
+            &doc_of(&copied.docs[0]),
+            &fresh_full,
+            &fresh_identity
+        ));
         // Damage after the cut is not read: the tail is rendered anew.
         let mut tail_damaged = docs(&old);
         let last = tail_damaged[0].len() - 9;

@@ -120,6 +120,35 @@ fn publish_read_reopen() {
     );
 }
 
+/// Publishes into a package extend its stored gzip documents instead of encoding them
+/// again: after each publish the gzip forms serve what a fresh encoding serves but are not
+/// its bytes (an extended member keeps a sync point at every earlier cut, a fresh one has
+/// one). Were the extension refused (say, the last manifest left a placeholder), the
+/// writer would silently encode from scratch and this would fail.
+#[test]
+fn publishes_extend_the_stored_documents() {
+    let f = Fixture::new();
+    for minor in 0..6 {
+        let version = format!("1.{minor}.0");
+        let results = f.apply(vec![publish("grows", &version, version.as_bytes())]);
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        let stored = f.store.read_stored("grows").unwrap().unwrap();
+        assert_served_like_fresh(&f, "grows", &stored);
+        let fresh = engine::served::encode_served(&stored, BASE);
+        for kind in DocKind::STORED {
+            let doc = f.store.read_doc("grows", kind).unwrap().unwrap();
+            let fresh_doc =
+                engine::served::decode_doc(fresh.docs[kind.stored_index()].clone().into()).unwrap();
+            assert_eq!(
+                doc.body == fresh_doc.body,
+                minor == 0,
+                "{version} {}: extended only after the first publish",
+                kind.label()
+            );
+        }
+    }
+}
+
 #[test]
 fn same_version_in_one_batch_first_wins_and_retries_are_idempotent() {
     let f = Fixture::new();
