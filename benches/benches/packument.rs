@@ -70,6 +70,13 @@ fn bench_packument(c: &mut Criterion) {
                 .expect("record decodes")
         });
     });
+    // What the writer reads of the record for a batch of publishes (manifests kept raw).
+    group.bench_function("decode_for_append_300v", |b| {
+        b.iter(|| {
+            engine::packument::StoredPackage::decode_for_append(black_box(&record_bytes), &[])
+                .expect("record decodes")
+        });
+    });
     group.finish();
 
     // A first publish, as in a publish storm: the documents are small, so the fixed cost of

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::de::IgnoredAny;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::blob::BlobId;
@@ -416,30 +417,92 @@ impl std::io::Write for ByteCount {
     }
 }
 
-/// `(key, raw value)` pairs of a JSON object, in order.
-struct RawEntries<'a>(Vec<(Cow<'a, str>, &'a serde_json::value::RawValue)>);
+/// A record's `doc` as `decode_for_append` reads it, in one pass over the bytes: every
+/// field's raw value in order, except `versions` (None in `fields`), whose entries are
+/// split as they go by.
+struct AppendDoc<'a> {
+    fields: Vec<(Cow<'a, str>, Option<&'a RawValue>)>,
+    versions: Option<Vec<(&'a str, &'a RawValue)>>,
+}
 
-impl<'de: 'a, 'a> Deserialize<'de> for RawEntries<'a> {
+impl<'de: 'a, 'a> Deserialize<'de> for AppendDoc<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct Visit<'a>(std::marker::PhantomData<&'a ()>);
         impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
-            type Value = RawEntries<'a>;
+            type Value = AppendDoc<'a>;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a JSON object")
             }
             fn visit_map<M: serde::de::MapAccess<'de>>(
                 self,
                 mut map: M,
-            ) -> Result<RawEntries<'a>, M::Error> {
-                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(8));
+            ) -> Result<AppendDoc<'a>, M::Error> {
+                let mut doc = AppendDoc {
+                    fields: Vec::with_capacity(map.size_hint().unwrap_or(16)),
+                    versions: None,
+                };
                 while let Some(key) = map.next_key::<Cow<'a, str>>()? {
-                    out.push((key, map.next_value()?));
+                    if key == "versions" {
+                        if doc.versions.is_some() {
+                            return Err(serde::de::Error::custom("versions appears twice"));
+                        }
+                        doc.versions = Some(map.next_value::<VersionEntries<'a>>()?.0);
+                        doc.fields.push((key, None));
+                    } else {
+                        doc.fields.push((key, Some(map.next_value()?)));
+                    }
                 }
-                Ok(RawEntries(out))
+                Ok(doc)
             }
         }
         deserializer.deserialize_map(Visit(std::marker::PhantomData))
     }
+}
+
+/// The entries of a record's `versions` object, in order: version keys borrowed (a key with
+/// an escape fails the decode; versions never have one) and manifests raw.
+struct VersionEntries<'a>(Vec<(&'a str, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for VersionEntries<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = VersionEntries<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<VersionEntries<'a>, M::Error> {
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some(key) = map.next_key::<&'a str>()? {
+                    out.push((key, map.next_value()?));
+                }
+                Ok(VersionEntries(out))
+            }
+        }
+        deserializer.deserialize_map(Visit(std::marker::PhantomData))
+    }
+}
+
+/// The text of `json` from the opening quote of the first entry's key to the end of the last
+/// entry's manifest: what the `versions` object holds between its braces, found from where
+/// the borrowed entries point (no second pass). None when they do not point into `json`.
+fn entries_text<'a>(json: &'a [u8], entries: &[(&str, &RawValue)]) -> Option<&'a str> {
+    let (Some((first, _)), Some((_, last))) = (entries.first(), entries.last()) else {
+        return Some("");
+    };
+    let base = json.as_ptr() as usize;
+    let start = (first.as_ptr() as usize)
+        .checked_sub(base)?
+        .checked_sub(1)?;
+    let end = (last.get().as_ptr() as usize).checked_sub(base)? + last.get().len();
+    let text = json.get(start..end)?;
+    if text.first() != Some(&b'"') {
+        return None;
+    }
+    std::str::from_utf8(text).ok()
 }
 
 /// A stored record of at least `RECORD_ZSTD_MIN_BYTES` of JSON is that JSON compressed as one
@@ -522,7 +585,7 @@ fn record_json(bytes: &[u8]) -> Result<Cow<'_, [u8]>, serde_json::Error> {
 struct AppendRecord<'a> {
     rev: u64,
     #[serde(borrow)]
-    doc: RawEntries<'a>,
+    doc: AppendDoc<'a>,
     tarballs: BTreeMap<String, TarballRef>,
 }
 
@@ -530,11 +593,14 @@ impl StoredPackage {
     /// Decodes a record for a batch of publishes: every version manifest is `null` except
     /// those a dist-tag of the record or one of `tags` names (what `publish::plan_publish`
     /// reads when it copies the `latest` version's fields to the top) and the last one (what
-    /// `render_appended` renders again), and the manifests' bytes are kept for `KeptVersions::encode_with`. Only for planning publishes: the
-    /// result must not be rendered or encoded.
+    /// `render_appended` renders again), and the manifests' bytes are kept for
+    /// `KeptVersions::encode_with`. One pass over the record's JSON: the manifests are
+    /// skipped once, and their text is taken from where their entries point. Only for
+    /// planning publishes: the result must not be rendered or encoded.
     ///
     /// # Errors
-    /// The bytes are not a valid package record, or its `versions` is not an object.
+    /// The bytes are not a valid package record, its `versions` is not an object, or a
+    /// version key has a JSON escape (the caller then decodes the record in full).
     pub fn decode_for_append(
         bytes: &[u8],
         tags: &[&str],
@@ -544,13 +610,11 @@ impl StoredPackage {
         let record: AppendRecord<'_> = serde_json::from_slice(&json)?;
         let mut named: BTreeSet<String> = tags.iter().map(|t| (*t).to_owned()).collect();
         let mut doc = Map::new();
-        let mut versions_raw = None;
-        for (key, raw) in &record.doc.0 {
-            if key == "versions" {
+        for (key, raw) in &record.doc.fields {
+            let Some(raw) = raw else {
                 doc.insert(key.to_string(), Value::Null);
-                versions_raw = Some(*raw);
                 continue;
-            }
+            };
             let value: Value = serde_json::from_str(raw.get())?;
             if key == "dist-tags" {
                 if let Value::Object(tags) = &value {
@@ -559,33 +623,29 @@ impl StoredPackage {
             }
             doc.insert(key.to_string(), value);
         }
-        let raw = versions_raw.ok_or_else(|| invalid("no versions"))?;
-        let entries: RawEntries<'_> = serde_json::from_str(raw.get())?;
-        let text = raw.get().trim();
-        let inner = text
-            .strip_prefix('{')
-            .and_then(|t| t.strip_suffix('}'))
-            .ok_or_else(|| invalid("versions is not an object"))?;
+        let entries = record.doc.versions.ok_or_else(|| invalid("no versions"))?;
+        let inner = entries_text(&json, &entries)
+            .ok_or_else(|| invalid("the versions' entries are not where they were read"))?;
         // The last version's manifest too: an append renders its entry again, as the
         // compressor's dictionary (`served::encode_appended`).
-        if let Some((last, _)) = entries.0.last() {
-            named.insert(last.to_string());
+        if let Some((last, _)) = entries.last() {
+            named.insert((*last).to_owned());
         }
         let mut versions = Map::new();
-        for (version, manifest) in &entries.0 {
-            let value = if named.contains(version.as_ref()) {
+        for (version, manifest) in &entries {
+            let value = if named.contains(*version) {
                 serde_json::from_str(manifest.get())?
             } else {
                 Value::Null
             };
-            if versions.insert(version.to_string(), value).is_some() {
+            if versions.insert((*version).to_owned(), value).is_some() {
                 return Err(invalid("a version appears twice"));
             }
         }
         doc.insert("versions".into(), Value::Object(versions));
         let kept = KeptVersions {
             inner: inner.to_owned(),
-            count: entries.0.len(),
+            count: entries.len(),
             record_bytes: bytes.len(),
         };
         let stored = StoredPackage {

@@ -1073,6 +1073,16 @@ mod tests {
         assert!(StoredPackage::decode_for_append(&odd.encode(), &[]).is_err());
         odd.doc.remove("versions");
         assert!(StoredPackage::decode_for_append(&odd.encode(), &[]).is_err());
+        // A version key with an escape is refused (the writer then decodes in full); a record
+        // with whitespace between its tokens is read like a compact one.
+        let escaped = br#"{"rev":1,"doc":{"name":"a","versions":{"1.0.\u0030":{}}},"tarballs":{}}"#;
+        assert!(StoredPackage::decode(escaped).is_ok());
+        assert!(StoredPackage::decode_for_append(escaped, &[]).is_err());
+        let pretty = serde_json::to_vec_pretty(&stored).unwrap();
+        let (placeholder, kept) = StoredPackage::decode_for_append(&pretty, &[]).unwrap();
+        assert_eq!(kept.count(), 6);
+        let record = kept.encode_with(&placeholder).unwrap();
+        assert_eq!(StoredPackage::decode(&record).unwrap(), stored);
     }
 
     proptest! {
