@@ -20,7 +20,7 @@ pub(crate) struct FixtureOpts {
     /// The agentregistry binary (default: target/release/agentregistry, built if missing).
     #[arg(long)]
     pub(crate) agentregistry_bin: Option<PathBuf>,
-    /// `--cores` for AgentRegistry (default: its own default, one per CPU).
+    /// `--cores` for AgentRegistry (default: its own default, half the CPUs).
     #[arg(long)]
     pub(crate) agentregistry_cores: Option<usize>,
     /// Where Verdaccio is installed (kept between runs).

@@ -84,7 +84,7 @@ pub(crate) struct ScaleOpts {
     /// The agentregistry binary (default: target/release/agentregistry, built if missing).
     #[arg(long)]
     pub(crate) agentregistry_bin: Option<PathBuf>,
-    /// `--cores` for AgentRegistry (default: its own default, one per CPU).
+    /// `--cores` for AgentRegistry (default: its own default, half the CPUs).
     #[arg(long)]
     pub(crate) agentregistry_cores: Option<usize>,
     /// Keep the temporary directory (home and logs) for later investigation.

@@ -40,6 +40,19 @@ pub struct Config {
     pub driver: DriverChoice,
 }
 
+/// The number of cores (event loops) when `--cores` is not given: half the CPUs, at least
+/// one. The registry is local-first: the clients that load it (agents, package managers) and
+/// the kernel's loopback networking run on the same CPUs. A core thread that shares a CPU
+/// with a busy client is time-sliced with it, and every connection it holds waits a
+/// scheduler slice: on 2 CPUs with the load generator beside the server, two cores gave
+/// 158k or 218k packument GETs/s from run to run with p99 2.4 ms or 0.5 ms, one core gave
+/// 215-221k/s with p99 0.40-0.45 ms every time (ARCHITECTURE.md, "Half the CPUs are
+/// cores"). Writers (one per shard) and the prepare pool use the other CPUs too.
+#[must_use]
+pub fn default_cores(cpus: usize) -> usize {
+    (cpus / 2).max(1)
+}
+
 /// Default listen address (SPEC section 2: loopback only).
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:4873";
 
@@ -61,7 +74,7 @@ impl Config {
             }
         };
         let cores_available = std::thread::available_parallelism().map_or(1, usize::from);
-        let cores = raw.cores.unwrap_or(cores_available);
+        let cores = raw.cores.unwrap_or_else(|| default_cores(cores_available));
         if !(1..=256).contains(&cores) {
             return Err(format!("--cores must be between 1 and 256, got {cores}"));
         }
@@ -96,6 +109,19 @@ impl Config {
             format!("http://127.0.0.1:{}", addr.port())
         } else {
             format!("http://{addr}")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_cores;
+
+    #[test]
+    fn cores_default_to_half_the_cpus_and_at_least_one() {
+        let table = [(1, 1), (2, 1), (3, 1), (4, 2), (8, 4), (64, 32)];
+        for (cpus, cores) in table {
+            assert_eq!(default_cores(cpus), cores, "{cpus} CPUs");
         }
     }
 }

@@ -33,10 +33,10 @@ enum Command {
         /// URL clients reach the registry at, used in tarball URLs [default: http://LISTEN].
         #[arg(long, env = "AGENTREGISTRY_PUBLIC_URL")]
         public_url: Option<String>,
-        /// Number of cores (event loops) [default: all].
+        /// Number of cores (event loops) [default: half the CPUs, at least 1].
         #[arg(long, env = "AGENTREGISTRY_CORES")]
         cores: Option<usize>,
-        /// Shards for a new data directory [default: number of cores]; fixed once created.
+        /// Shards for a new data directory [default: number of CPUs]; fixed once created.
         #[arg(long, env = "AGENTREGISTRY_SHARDS")]
         shards: Option<u32>,
         /// I/O driver: io_uring with automatic epoll fallback, or one of them only.
