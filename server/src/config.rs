@@ -5,6 +5,8 @@
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 
+use crate::limits::PACKAGE_CACHE_BYTES_PER_CPU;
+
 /// Which monoio driver the cores run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum DriverChoice {
@@ -37,6 +39,8 @@ pub struct Config {
     pub cores: usize,
     /// Shard count for a new data directory (an existing one keeps its own).
     pub shards_new: u32,
+    /// The packument cache's budget (`limits::PACKAGE_CACHE_BYTES_PER_CPU`).
+    pub package_cache_bytes: usize,
     pub driver: DriverChoice,
 }
 
@@ -94,6 +98,8 @@ impl Config {
             public_url: raw.public_url.map(|u| u.trim_end_matches('/').to_owned()),
             cores,
             shards_new,
+            package_cache_bytes: PACKAGE_CACHE_BYTES_PER_CPU
+                .saturating_mul(cores_available.max(cores)),
             driver: raw.driver.unwrap_or(DriverChoice::Auto),
         })
     }

@@ -33,13 +33,15 @@ pub const PUBLISH_PREPARE_THREADS: usize = 4;
 pub const PREPARE_BATCH_MAX: usize = 16;
 /// Ops one group commit takes at most.
 pub const WRITER_BATCH_MAX: usize = 256;
-/// Packument cache budget per core: the cache is shared by the cores
-/// (`cache::SharedPackages`), and its budget is this times the core count (192 MiB on two
-/// cores). At 64 MiB per core, 100,000 small packages read at random hit 73-81% and served
+/// Packument cache budget per CPU: the cache is shared by the cores
+/// (`cache::SharedPackages`), and its budget is this times the CPU count, or the core count
+/// when `--cores` asks for more (192 MiB on two CPUs). It was per core until cores defaulted
+/// to half the CPUs: one core on two CPUs then had 96 MiB, and `perf scale` at 100,000
+/// packages hit 69% (abbreviated) instead of 99.7%. At 64 MiB per core, 100,000 small packages read at random hit 73-81% and served
 /// 0.66-0.81 of the 1,000-package rate; at 96 MiB they hit 96% and served 0.92-0.94, for
 /// ~55 MiB more RSS after traffic (perf/RESULTS.md, session 6). See ARCHITECTURE.md, "One
 /// packument cache for every core".
-pub const PACKAGE_CACHE_BYTES_PER_CORE: usize = 96 * 1024 * 1024;
+pub const PACKAGE_CACHE_BYTES_PER_CPU: usize = 96 * 1024 * 1024;
 /// Mutex-guarded segments of the shared packument cache (by name hash): enough that two cores
 /// rarely meet on one lock, few enough that a segment's eviction pass stays short.
 pub const PACKAGE_CACHE_SEGMENTS: usize = 64;

@@ -28,7 +28,6 @@ use crate::blob_read::BlobReaders;
 use crate::cache::SharedPackages;
 use crate::config::Config;
 use crate::cores::{self, Shared};
-use crate::limits::PACKAGE_CACHE_BYTES_PER_CORE;
 use crate::live_config::{self, LiveConfig};
 use crate::writer::Writers;
 
@@ -75,9 +74,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         base_url: base_url.clone(),
         public_url_explicit: config.public_url.is_some(),
         shards,
-        packages: Arc::new(SharedPackages::new(
-            PACKAGE_CACHE_BYTES_PER_CORE.saturating_mul(config.cores),
-        )),
+        packages: Arc::new(SharedPackages::new(config.package_cache_bytes)),
         blobs,
         blob_readers,
         auth,
