@@ -121,7 +121,7 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
-    use super::default_cores;
+    use super::{default_cores, Config, RawConfig, PACKAGE_CACHE_BYTES_PER_CPU};
 
     #[test]
     fn cores_default_to_half_the_cpus_and_at_least_one() {
@@ -129,5 +129,23 @@ mod tests {
         for (cpus, cores) in table {
             assert_eq!(default_cores(cpus), cores, "{cpus} CPUs");
         }
+    }
+
+    /// The packument cache follows the CPUs, not `--cores`: fewer cores than CPUs keep the
+    /// whole budget, more cores than CPUs raise it.
+    #[test]
+    fn the_cache_budget_follows_the_cpus_unless_cores_exceed_them() {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        let budget = |cores| {
+            Config::validate(RawConfig {
+                home: Some("/nonexistent".into()),
+                cores: Some(cores),
+                ..RawConfig::default()
+            })
+            .unwrap()
+            .package_cache_bytes
+        };
+        assert_eq!(budget(1), PACKAGE_CACHE_BYTES_PER_CPU * cpus);
+        assert_eq!(budget(cpus + 3), PACKAGE_CACHE_BYTES_PER_CPU * (cpus + 3));
     }
 }
