@@ -159,15 +159,22 @@ impl ServedDoc {
     /// either encoding: the identity and gzip forms of one revision are the same resource.
     #[must_use]
     pub fn etag_matches(&self, candidate: &[u8]) -> bool {
-        let token = etag_token(&self.etag);
-        let Some(inner) = candidate
-            .strip_prefix(b"\"")
-            .and_then(|c| c.strip_suffix(b"\""))
-        else {
-            return false;
-        };
-        inner == token || inner.strip_suffix(b"-gz") == Some(token)
+        etag_matches(&self.etag, candidate)
     }
+}
+
+/// Whether an `If-None-Match` candidate (already stripped of `W/`) names the document whose
+/// validator is `etag`, in either encoding (see `ServedDoc::etag_matches`).
+#[must_use]
+pub fn etag_matches(etag: &[u8], candidate: &[u8]) -> bool {
+    let token = etag_token(etag);
+    let Some(inner) = candidate
+        .strip_prefix(b"\"")
+        .and_then(|c| c.strip_suffix(b"\""))
+    else {
+        return false;
+    };
+    inner == token || inner.strip_suffix(b"-gz") == Some(token)
 }
 
 /// The validator's opaque part: no quotes, no `-gz`.

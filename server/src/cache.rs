@@ -1,9 +1,9 @@
 //! The packument cache (shared by the cores) and per-core caches (owned by one core, `!Send`,
 //! no locks).
 //!
-//! `SharedPackages` + `PackageCache`: name -> the served values read so far (each document
-//! kind and the tarball index are loaded on first use, alone: a server answering abbreviated
-//! gzip documents holds only those). The entries live in one map shared by every core, split
+//! `SharedPackages` + `PackageCache`: (name, document kind) -> the served document, and
+//! name -> the tarball index, each loaded on first use, alone (a server answering abbreviated
+//! gzip documents holds only those). The values live in one map shared by every core, split
 //! into `PACKAGE_CACHE_SEGMENTS` mutex-guarded segments by the name's hash, so a package read
 //! on one core is a hit on the others and the budget holds each package once (with a cache
 //! per core, every core held its own copy of the same packages and a second core added no
@@ -15,6 +15,14 @@
 //! transaction open while that same rule says nothing changed (engine/src/shard/reader.rs).
 //! When the budget is exceeded, the segment being inserted into drops a sixteenth of its
 //! bytes (in hash order, which is unrelated to use, so this is random eviction).
+//!
+//! A document hit touches few cache lines, because at 100,000 packages almost none of them
+//! are in the CPU's caches: the name is hashed once (xxh3, for the segment and for the
+//! segment's table, which stores the hash beside each value), the table's slot holds the
+//! hash, the generation and the document's pointer, and the document is one allocation
+//! (`CachedDoc`: reference count, revision, name, validator, body), so comparing the name,
+//! taking a reference and reading the validator and the body walk one run of lines.
+//!
 //! `TarballCache`: blob id -> bytes. Blobs are immutable, so entries never go stale; bytes are
 //! verified against their blake3 name when loaded, from the package's shard (inline tarballs)
 //! or from the blob store (files). When full it is cleared.
@@ -29,63 +37,169 @@ use engine::blob::{BlobId, BlobStore};
 use engine::limits::INLINE_BLOB_BYTES_MAX;
 use engine::served::{DocKind, ServedDoc, ServedIndex};
 use engine::shard::{ReadError, ShardReader, ShardStore};
+use hashbrown::HashTable;
 
 use crate::limits::{
     PACKAGE_CACHE_SEGMENTS, REBASED_CACHE_BYTES_MAX, TARBALL_CACHE_BYTES_MAX,
     TARBALL_CACHE_ENTRY_BYTES_MAX,
 };
 
-/// Key, map node and `Entry` overhead charged per package.
-const ENTRY_OVERHEAD_BYTES: usize = 192;
+/// Charged per cached document beyond its allocation's bytes: the table slot (32 bytes) and
+/// its control byte, the table's spare capacity, and the allocation's reference counts.
+const DOC_OVERHEAD_BYTES: usize = 80;
+/// Charged per cached tarball index beyond `ServedIndex::weight_bytes`: the key, the map
+/// node and the `Arc`.
+const INDEX_OVERHEAD_BYTES: usize = 128;
 
-struct Slot<T> {
-    value: Arc<T>,
-    rev: u64,
-    generation: u64,
-    weight: usize,
-}
+/// `CachedDoc`'s header: revision (u64), name length (u16), validator length (u8), all
+/// little-endian.
+const DOC_HEADER_BYTES: usize = 11;
 
-#[derive(Default)]
-struct Entry {
-    docs: [Option<Slot<ServedDoc>>; 4],
-    index: Option<Slot<ServedIndex>>,
-}
+/// How much of a document a hit fetches at once (`CachedDoc::touch`); the hardware prefetcher
+/// streams the rest of a bigger one.
+const TOUCH_BYTES_MAX: usize = 4096;
 
-impl Entry {
+/// One served document in one allocation: `[rev][name len][etag len][name][etag][body]`
+/// behind one reference count. Cloning it touches the first cache line, which a hit reads
+/// anyway for the name; the body follows it.
+#[derive(Clone)]
+pub struct CachedDoc(Arc<[u8]>);
+
+impl CachedDoc {
+    /// `doc` of package `name`; `None` when the name or the validator does not fit the header
+    /// (never for a valid npm name, at most 214 bytes, or a validator the engine makes).
+    #[must_use]
+    pub fn new(name: &str, doc: &ServedDoc) -> Option<CachedDoc> {
+        let name_len = u16::try_from(name.len()).ok()?;
+        let etag_len = u8::try_from(doc.etag.len()).ok()?;
+        let mut data =
+            Vec::with_capacity(DOC_HEADER_BYTES + name.len() + doc.etag.len() + doc.body.len());
+        data.extend_from_slice(&doc.rev.to_le_bytes());
+        data.extend_from_slice(&name_len.to_le_bytes());
+        data.push(etag_len);
+        data.extend_from_slice(name.as_bytes());
+        data.extend_from_slice(&doc.etag);
+        data.extend_from_slice(&doc.body);
+        Some(CachedDoc(Arc::from(data)))
+    }
+
+    /// The package's revision this document was rendered from.
+    #[must_use]
+    pub fn rev(&self) -> u64 {
+        let mut rev = [0; 8];
+        rev.copy_from_slice(&self.0[..8]);
+        u64::from_le_bytes(rev)
+    }
+
+    fn name_len(&self) -> usize {
+        usize::from(u16::from_le_bytes([self.0[8], self.0[9]]))
+    }
+
+    fn etag_len(&self) -> usize {
+        usize::from(self.0[10])
+    }
+
+    /// The package name.
+    #[must_use]
+    pub fn name(&self) -> &[u8] {
+        &self.0[DOC_HEADER_BYTES..DOC_HEADER_BYTES + self.name_len()]
+    }
+
+    /// The quoted strong validator (see `ServedDoc::etag`).
+    #[must_use]
+    pub fn etag(&self) -> &[u8] {
+        let start = DOC_HEADER_BYTES + self.name_len();
+        &self.0[start..start + self.etag_len()]
+    }
+
+    /// The document's bytes (gzip or identity, as its kind says).
+    #[must_use]
+    pub fn body(&self) -> &[u8] {
+        &self.0[DOC_HEADER_BYTES + self.name_len() + self.etag_len()..]
+    }
+
+    /// Whether an `If-None-Match` candidate names this document in either encoding.
+    #[must_use]
+    pub fn etag_matches(&self, candidate: &[u8]) -> bool {
+        engine::served::etag_matches(self.etag(), candidate)
+    }
+
+    /// Whether both are the same allocation.
+    #[must_use]
+    pub fn ptr_eq(&self, other: &CachedDoc) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// Reads one byte of each cache line of the first `TOUCH_BYTES_MAX` bytes, each read
+    /// independent of the others, so the CPU fetches those lines all at once instead of one
+    /// after another as the name compare, the validator and the body copy reach them.
+    fn touch(&self) {
+        let head = &self.0[..self.0.len().min(TOUCH_BYTES_MAX)];
+        let sum = head.iter().step_by(64).fold(0u8, |sum, &b| sum ^ b);
+        std::hint::black_box(sum);
+    }
+
+    /// Bytes charged to the cache (the length is in the pointer: no read of the allocation).
     fn weight(&self) -> usize {
-        let docs: usize = self.docs.iter().flatten().map(|s| s.weight).sum();
-        docs + self.index.as_ref().map_or(0, |s| s.weight)
+        self.0.len() + DOC_OVERHEAD_BYTES
     }
 }
 
-/// A served value the cache holds, and where in an `Entry`.
-trait Cached: Sized {
-    fn slot(entry: &mut Entry, kind: usize) -> &mut Option<Slot<Self>>;
-    fn rev_and_weight(&self) -> (u64, usize);
-}
-
-impl Cached for ServedDoc {
-    fn slot(entry: &mut Entry, kind: usize) -> &mut Option<Slot<Self>> {
-        &mut entry.docs[kind]
-    }
-    fn rev_and_weight(&self) -> (u64, usize) {
-        (self.rev, self.weight_bytes())
+impl AsRef<[u8]> for CachedDoc {
+    /// The body (what `Bytes::from_owner` serves).
+    fn as_ref(&self) -> &[u8] {
+        self.body()
     }
 }
 
-impl Cached for ServedIndex {
-    fn slot(entry: &mut Entry, _: usize) -> &mut Option<Slot<Self>> {
-        &mut entry.index
+impl std::fmt::Debug for CachedDoc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedDoc")
+            .field("name", &String::from_utf8_lossy(self.name()))
+            .field("rev", &self.rev())
+            .field("body_len", &self.body().len())
+            .finish_non_exhaustive()
     }
-    fn rev_and_weight(&self) -> (u64, usize) {
-        (self.rev, self.weight_bytes())
+}
+
+/// A document in a segment's table.
+struct DocSlot {
+    hash: u64,
+    generation: u64,
+    doc: CachedDoc,
+}
+
+impl DocSlot {
+    /// The hash is compared first, from the slot; the name only on a hash match, from the
+    /// document's first line.
+    fn is(&self, hash: u64, name: &str) -> bool {
+        self.hash == hash && {
+            self.doc.touch();
+            self.doc.name() == name.as_bytes()
+        }
+    }
+}
+
+/// A tarball index in a segment's map.
+struct IndexSlot {
+    value: Arc<ServedIndex>,
+    generation: u64,
+}
+
+impl IndexSlot {
+    fn weight(&self) -> usize {
+        self.value.weight_bytes() + INDEX_OVERHEAD_BYTES
     }
 }
 
 #[derive(Default)]
 struct Segment {
-    entries: HashMap<Box<str>, Entry>,
+    /// One table per `DocKind` (by `DocKind::index`).
+    docs: [HashTable<DocSlot>; DocKind::ALL.len()],
+    indexes: HashMap<Box<str>, IndexSlot>,
     bytes: usize,
+    /// Eviction passes so far: each starts at the next table, so no kind is always first.
+    evictions: usize,
 }
 
 /// The served values every core has read, within one byte budget.
@@ -94,6 +208,11 @@ pub struct SharedPackages {
     /// Bytes charged over all segments.
     bytes: AtomicUsize,
     budget: usize,
+}
+
+/// The name's hash: the top bits pick the segment, the whole value keys the segment's table.
+fn name_hash(name: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(name.as_bytes())
 }
 
 impl SharedPackages {
@@ -109,9 +228,7 @@ impl SharedPackages {
         }
     }
 
-    fn segment(&self, name: &str) -> MutexGuard<'_, Segment> {
-        let hash = xxhash_rust::xxh3::xxh3_64(name.as_bytes());
-        // The map inside a segment hashes the name again; the top bits pick the segment.
+    fn segment(&self, hash: u64) -> MutexGuard<'_, Segment> {
         let index = usize::try_from(hash >> 32).unwrap_or(0) % self.segments.len();
         // A panic aborts the process (release profile), so a poisoned lock is never seen
         // in production; tests keep going with the data as it is.
@@ -141,22 +258,57 @@ impl SharedPackages {
         }
     }
 
-    /// Drops a sixteenth of `segment`'s bytes (at least one entry), in hash order. A
-    /// segment is 1/`PACKAGE_CACHE_SEGMENTS` of the cache, so a pass is short, and the cache
-    /// stays about 97% used (it was 3/4 to fully used when a quarter of the whole per-core
-    /// map was dropped at once).
+    /// Drops a sixteenth of `segment`'s bytes (at least one value), in hash order, starting
+    /// at a different table each pass. A segment is 1/`PACKAGE_CACHE_SEGMENTS` of the cache,
+    /// so a pass is short, and the cache stays about 97% used.
     fn evict(&self, segment: &mut Segment) {
         let target = segment.bytes / 16 * 15;
         let mut bytes = segment.bytes;
-        segment.entries.retain(|_, entry| {
+        let tables = segment.docs.len() + 1;
+        let first = segment.evictions % tables;
+        segment.evictions += 1;
+        for step in 0..tables {
             if bytes <= target {
-                return true;
+                break;
             }
-            bytes -= entry.weight() + ENTRY_OVERHEAD_BYTES;
-            false
-        });
+            let table = (first + step) % tables;
+            if let Some(docs) = segment.docs.get_mut(table) {
+                docs.retain(|slot| {
+                    if bytes <= target {
+                        return true;
+                    }
+                    bytes -= slot.doc.weight();
+                    false
+                });
+            } else {
+                segment.indexes.retain(|_, slot| {
+                    if bytes <= target {
+                        return true;
+                    }
+                    bytes -= slot.weight();
+                    false
+                });
+            }
+        }
         let freed = segment.bytes - bytes;
         self.charge(segment, 0, freed);
+    }
+
+    /// Whether a value of `weight` bytes may be stored in `segment` (evicting first when the
+    /// budget is exceeded).
+    fn make_room(&self, segment: &mut Segment, weight: usize) -> bool {
+        if weight > self.budget / 4 {
+            return false;
+        }
+        if self.bytes() + weight > self.budget {
+            self.evict(segment);
+            // The other segments hold the budget (rare: traffic skewed to a few segments).
+            // Stay bounded: do not grow past an eighth over the budget.
+            if self.bytes() + weight > self.budget / 8 * 9 {
+                return false;
+            }
+        }
+        true
     }
 }
 
@@ -189,16 +341,83 @@ impl PackageCache {
     /// Document `kind` of `name`, from cache when still valid.
     ///
     /// # Errors
-    /// Storage errors from the shard.
+    /// Storage errors from the shard; `Corrupt` for a name or validator too long to cache
+    /// (which no valid package has).
     pub fn doc(
         &mut self,
         shard: &ShardStore,
         name: &str,
         kind: DocKind,
-    ) -> Result<Option<Arc<ServedDoc>>, ReadError> {
-        self.lookup(shard, name, kind.index(), |reader, generation| {
-            reader.read_doc(shard, generation, name, kind)
-        })
+    ) -> Result<Option<CachedDoc>, ReadError> {
+        // Read the generation before the data: a commit racing with this read bumps it, so
+        // the next request revalidates instead of trusting a possibly older value.
+        let generation = shard.generation();
+        // Odd: a commit is running and may already be visible (`ShardStore::generation`).
+        let settled = generation.is_multiple_of(2);
+        let hash = name_hash(name);
+        let table = kind.index();
+        let cached = {
+            let segment = self.shared.segment(hash);
+            match segment.docs[table].find(hash, |slot| slot.is(hash, name)) {
+                Some(slot) if settled && slot.generation == generation => {
+                    self.hits += 1;
+                    return Ok(Some(slot.doc.clone()));
+                }
+                Some(slot) => Some(slot.doc.clone()),
+                None => None,
+            }
+        };
+        // No lock from here on while storage is read: the other cores keep hitting.
+        let reader = self.reader(shard);
+        if let Some(doc) = cached {
+            if reader.read_rev(shard, generation, name)? == Some(doc.rev()) {
+                let mut segment = self.shared.segment(hash);
+                if let Some(slot) = segment.docs[table].find_mut(hash, |slot| slot.is(hash, name)) {
+                    // Only the value just checked, and never back to an older number.
+                    if slot.doc.ptr_eq(&doc) && slot.generation < generation {
+                        slot.generation = generation;
+                    }
+                }
+                self.revalidations += 1;
+                return Ok(Some(doc));
+            }
+        }
+        let Some(served) = reader.read_doc(shard, generation, name, kind)? else {
+            let mut segment = self.shared.segment(hash);
+            if let Ok(found) = segment.docs[table].find_entry(hash, |slot| slot.is(hash, name)) {
+                let (old, _) = found.remove();
+                self.shared.charge(&mut segment, 0, old.doc.weight());
+            }
+            return Ok(None);
+        };
+        self.loads += 1;
+        let doc = CachedDoc::new(name, &served).ok_or_else(|| ReadError::Corrupt {
+            name: name.to_owned(),
+            detail: "name or validator too long to cache".to_owned(),
+        })?;
+        let shared = &*self.shared;
+        let weight = doc.weight();
+        let mut segment = shared.segment(hash);
+        if !shared.make_room(&mut segment, weight) {
+            return Ok(Some(doc));
+        }
+        let fresh = DocSlot {
+            hash,
+            generation,
+            doc: doc.clone(),
+        };
+        let old = match segment.docs[table].find_mut(hash, |slot| slot.is(hash, name)) {
+            // Another core may have stored a value checked under a later generation
+            // meanwhile: keep that one.
+            Some(slot) if slot.generation > generation => return Ok(Some(doc)),
+            Some(slot) => std::mem::replace(slot, fresh).doc.weight(),
+            None => {
+                segment.docs[table].insert_unique(hash, fresh, |slot| slot.hash);
+                0
+            }
+        };
+        shared.charge(&mut segment, weight, old);
+        Ok(Some(doc))
     }
 
     /// The tarball index of `name`, from cache when still valid.
@@ -210,9 +429,62 @@ impl PackageCache {
         shard: &ShardStore,
         name: &str,
     ) -> Result<Option<Arc<ServedIndex>>, ReadError> {
-        self.lookup(shard, name, 0, |reader, generation| {
-            reader.read_index(shard, generation, name)
-        })
+        let generation = shard.generation();
+        let settled = generation.is_multiple_of(2);
+        let hash = name_hash(name);
+        let cached = {
+            let segment = self.shared.segment(hash);
+            match segment.indexes.get(name) {
+                Some(slot) if settled && slot.generation == generation => {
+                    self.hits += 1;
+                    return Ok(Some(Arc::clone(&slot.value)));
+                }
+                Some(slot) => Some(Arc::clone(&slot.value)),
+                None => None,
+            }
+        };
+        let reader = self.reader(shard);
+        if let Some(value) = cached {
+            if reader.read_rev(shard, generation, name)? == Some(value.rev) {
+                let mut segment = self.shared.segment(hash);
+                if let Some(slot) = segment.indexes.get_mut(name) {
+                    if Arc::ptr_eq(&slot.value, &value) && slot.generation < generation {
+                        slot.generation = generation;
+                    }
+                }
+                self.revalidations += 1;
+                return Ok(Some(value));
+            }
+        }
+        let Some(value) = reader.read_index(shard, generation, name)? else {
+            let mut segment = self.shared.segment(hash);
+            if let Some(old) = segment.indexes.remove(name) {
+                self.shared.charge(&mut segment, 0, old.weight());
+            }
+            return Ok(None);
+        };
+        self.loads += 1;
+        let fresh = IndexSlot {
+            value: Arc::new(value),
+            generation,
+        };
+        let value = Arc::clone(&fresh.value);
+        let shared = &*self.shared;
+        let weight = fresh.weight();
+        let mut segment = shared.segment(hash);
+        if !shared.make_room(&mut segment, weight) {
+            return Ok(Some(value));
+        }
+        let old = match segment.indexes.get_mut(name) {
+            Some(slot) if slot.generation > generation => return Ok(Some(value)),
+            Some(slot) => std::mem::replace(slot, fresh).weight(),
+            None => {
+                segment.indexes.insert(name.into(), fresh);
+                0
+            }
+        };
+        shared.charge(&mut segment, weight, old);
+        Ok(Some(value))
     }
 
     /// Drops every kept read transaction whose shard has committed since (see
@@ -238,104 +510,6 @@ impl PackageCache {
             self.readers.resize_with(index + 1, ShardReader::new);
         }
         &mut self.readers[index]
-    }
-
-    fn lookup<T: Cached>(
-        &mut self,
-        shard: &ShardStore,
-        name: &str,
-        kind: usize,
-        load: impl FnOnce(&mut ShardReader, u64) -> Result<Option<T>, ReadError>,
-    ) -> Result<Option<Arc<T>>, ReadError> {
-        // Read the generation before the data: a commit racing with this read bumps it, so
-        // the next request revalidates instead of trusting a possibly older value.
-        let generation = shard.generation();
-        // Odd: a commit is running and may already be visible (`ShardStore::generation`).
-        let settled = generation.is_multiple_of(2);
-        let cached = {
-            let mut segment = self.shared.segment(name);
-            match segment
-                .entries
-                .get_mut(name)
-                .and_then(|e| T::slot(e, kind).as_mut())
-            {
-                Some(slot) if settled && slot.generation == generation => {
-                    self.hits += 1;
-                    return Ok(Some(Arc::clone(&slot.value)));
-                }
-                Some(slot) => Some((slot.rev, Arc::clone(&slot.value))),
-                None => None,
-            }
-        };
-        // No lock from here on while storage is read: the other cores keep hitting.
-        let reader = self.reader(shard);
-        if let Some((rev, value)) = cached {
-            if reader.read_rev(shard, generation, name)? == Some(rev) {
-                let mut segment = self.shared.segment(name);
-                if let Some(slot) = segment
-                    .entries
-                    .get_mut(name)
-                    .and_then(|e| T::slot(e, kind).as_mut())
-                {
-                    // Only the value just checked, and never back to an older number.
-                    if Arc::ptr_eq(&slot.value, &value) && slot.generation < generation {
-                        slot.generation = generation;
-                    }
-                }
-                self.revalidations += 1;
-                return Ok(Some(value));
-            }
-        }
-        let Some(value) = load(reader, generation)? else {
-            let mut segment = self.shared.segment(name);
-            if let Some(old) = segment.entries.remove(name) {
-                self.shared
-                    .charge(&mut segment, 0, old.weight() + ENTRY_OVERHEAD_BYTES);
-            }
-            return Ok(None);
-        };
-        self.loads += 1;
-        let value = Arc::new(value);
-        let (rev, weight) = value.rev_and_weight();
-        let shared = &*self.shared;
-        if weight > shared.budget / 4 {
-            return Ok(Some(value));
-        }
-        let mut segment = shared.segment(name);
-        if shared.bytes() + weight + ENTRY_OVERHEAD_BYTES > shared.budget {
-            shared.evict(&mut segment);
-            // The other segments hold the budget (rare: traffic skewed to a few segments).
-            // Stay bounded: do not grow past an eighth over the budget.
-            if shared.bytes() + weight + ENTRY_OVERHEAD_BYTES > shared.budget / 8 * 9 {
-                return Ok(Some(value));
-            }
-        }
-        let entry = if segment.entries.contains_key(name) {
-            segment.entries.get_mut(name)
-        } else {
-            shared.charge(&mut segment, ENTRY_OVERHEAD_BYTES, 0);
-            Some(segment.entries.entry(name.into()).or_default())
-        };
-        let Some(entry) = entry else {
-            return Ok(Some(value));
-        };
-        let slot = T::slot(entry, kind);
-        // Another core may have stored a value checked under a later generation meanwhile:
-        // keep that one.
-        if slot.as_ref().is_some_and(|s| s.generation > generation) {
-            return Ok(Some(value));
-        }
-        let old = slot.take().map_or(0, |s| s.weight);
-        // Values of another revision in the entry are left alone: each slot is checked
-        // against the revision on its own next use.
-        *slot = Some(Slot {
-            value: Arc::clone(&value),
-            rev,
-            generation,
-            weight,
-        });
-        shared.charge(&mut segment, weight, old);
-        Ok(Some(value))
     }
 }
 
@@ -421,27 +595,30 @@ impl RebasedCache {
     pub fn get(
         &mut self,
         name: &str,
-        document: &ServedDoc,
+        document: &CachedDoc,
         abbreviated: bool,
         from_base: &str,
         to_base: &str,
     ) -> Rc<Rebased> {
         let key = (to_base.into(), name.into(), abbreviated);
         if let Some(hit) = self.entries.get(&key) {
-            if hit.rev == document.rev {
+            if hit.rev == document.rev() {
                 return Rc::clone(hit);
             }
         }
-        let text = String::from_utf8_lossy(&document.body);
+        let text = String::from_utf8_lossy(document.body());
         let from = format!("\"tarball\":\"{from_base}/");
         let to = format!("\"tarball\":\"{to_base}/");
         let body = Bytes::from(text.replace(&from, &to));
         let tag = xxhash_rust::xxh3::xxh3_64(to_base.as_bytes());
-        let inner = document.etag.strip_suffix(b"\"").unwrap_or(&document.etag);
+        let inner = document
+            .etag()
+            .strip_suffix(b"\"")
+            .unwrap_or(document.etag());
         let mut etag = inner.to_vec();
         etag.extend_from_slice(format!("-h{tag:016x}\"").as_bytes());
         let rebased = Rc::new(Rebased {
-            rev: document.rev,
+            rev: document.rev(),
             etag: Bytes::from(etag),
             body,
         });
@@ -529,7 +706,7 @@ mod tests {
         let mut core1 = PackageCache::new(Arc::clone(&shared));
         let first = core0.doc(&f.store, "a", KIND).unwrap().unwrap();
         let second = core1.doc(&f.store, "a", KIND).unwrap().unwrap();
-        assert!(Arc::ptr_eq(&first, &second), "one copy for both cores");
+        assert!(first.ptr_eq(&second), "one copy for both cores");
         assert_eq!((core0.loads, core0.hits), (1, 0));
         assert_eq!((core1.loads, core1.hits), (0, 1));
         assert!(shared.bytes() > 0);
@@ -547,13 +724,13 @@ mod tests {
         core1.index(&f.store, "a").unwrap().unwrap();
         f.publish("a", "1.0.1");
         let rev = f.store.read_rev("a").unwrap().unwrap();
-        assert_ne!(old.rev, rev);
+        assert_ne!(old.rev(), rev);
         // Core 1 finds core 0's slot out of date and reloads it for both.
         let new = core1.doc(&f.store, "a", KIND).unwrap().unwrap();
-        assert_eq!(new.rev, rev);
+        assert_eq!(new.rev(), rev);
         assert_eq!(core1.loads, 2);
         let again = core0.doc(&f.store, "a", KIND).unwrap().unwrap();
-        assert!(Arc::ptr_eq(&new, &again));
+        assert!(new.ptr_eq(&again));
         assert_eq!(core0.hits, 1);
         // The index slot is checked on its own: a new revision, reloaded.
         assert_eq!(core0.index(&f.store, "a").unwrap().unwrap().rev, rev);
@@ -561,7 +738,7 @@ mod tests {
         // A commit to another package: revalidated by revision, not reloaded.
         f.publish("b", "1.0.0");
         let same = core0.doc(&f.store, "a", KIND).unwrap().unwrap();
-        assert!(Arc::ptr_eq(&new, &same));
+        assert!(new.ptr_eq(&same));
         assert_eq!(core0.revalidations, 1);
     }
 
@@ -587,7 +764,7 @@ mod tests {
         core.release_stale(std::slice::from_ref(&f.store));
         assert!(!core.readers[0].holds_transaction(), "released once stale");
         let doc = core.doc(&f.store, "p0", KIND).unwrap().unwrap();
-        assert_eq!(Some(doc.rev), f.store.read_rev("p0").unwrap());
+        assert_eq!(Some(doc.rev()), f.store.read_rev("p0").unwrap());
         assert_eq!(core.transactions().0, 2);
     }
 
@@ -611,8 +788,10 @@ mod tests {
                 let name = format!("p{i}");
                 for kind in DocKind::ALL {
                     let doc = core.doc(&f.store, &name, kind).unwrap().unwrap();
-                    assert_eq!(Some(doc.rev), f.store.read_rev(&name).unwrap());
+                    assert_eq!(Some(doc.rev()), f.store.read_rev(&name).unwrap());
                 }
+                let index = core.index(&f.store, &name).unwrap().unwrap();
+                assert_eq!(Some(index.rev), f.store.read_rev(&name).unwrap());
                 assert!(shared.bytes() <= budget / 8 * 9, "{}", shared.bytes());
             }
         }
@@ -623,12 +802,68 @@ mod tests {
             .iter()
             .map(|s| {
                 let s = s.lock().unwrap();
-                s.entries
-                    .values()
-                    .map(|e| e.weight() + ENTRY_OVERHEAD_BYTES)
-                    .sum::<usize>()
+                let docs: usize = s
+                    .docs
+                    .iter()
+                    .flat_map(HashTable::iter)
+                    .map(|slot| slot.doc.weight())
+                    .sum();
+                docs + s.indexes.values().map(IndexSlot::weight).sum::<usize>()
             })
             .sum();
         assert_eq!(held, shared.bytes());
+    }
+
+    #[test]
+    fn a_cached_document_keeps_its_parts() {
+        let name = "n".repeat(214);
+        let served = ServedDoc {
+            rev: 0x0102_0304_0506_0708,
+            etag: Bytes::from_static(b"\"0123456789abcdef0123456789abcdef-gz\""),
+            cut: engine::served::Cut::default(),
+            body: Bytes::from_static(b"{\"name\":\"n\"}"),
+        };
+        let doc = CachedDoc::new(&name, &served).unwrap();
+        assert_eq!(doc.rev(), served.rev);
+        assert_eq!(doc.name(), name.as_bytes());
+        assert_eq!(doc.etag(), &served.etag[..]);
+        assert_eq!(doc.body(), &served.body[..]);
+        assert_eq!(Bytes::from_owner(doc.clone()), served.body);
+        assert!(doc.etag_matches(b"\"0123456789abcdef0123456789abcdef\""));
+        assert!(!doc.etag_matches(b"\"0123456789abcdef0123456789abcdee\""));
+        let long_etag = ServedDoc {
+            etag: Bytes::from(vec![b'a'; 256]),
+            ..served
+        };
+        assert!(CachedDoc::new("n", &long_etag).is_none());
+    }
+
+    #[test]
+    fn equal_hashes_are_told_apart_by_name() {
+        let served = |rev| ServedDoc {
+            rev,
+            etag: Bytes::from_static(b"\"e\""),
+            cut: engine::served::Cut::default(),
+            body: Bytes::from_static(b"{}"),
+        };
+        let mut table = HashTable::new();
+        for (name, rev) in [("a", 1), ("b", 2)] {
+            let doc = CachedDoc::new(name, &served(rev)).unwrap();
+            table.insert_unique(
+                7,
+                DocSlot {
+                    hash: 7,
+                    generation: 0,
+                    doc,
+                },
+                |s| s.hash,
+            );
+        }
+        for (name, rev) in [("a", 1), ("b", 2)] {
+            let slot = table.find(7, |s| s.is(7, name)).unwrap();
+            assert_eq!(slot.doc.rev(), rev);
+        }
+        assert!(table.find(7, |s| s.is(7, "c")).is_none());
+        assert!(table.find(8, |s| s.is(8, "a")).is_none());
     }
 }

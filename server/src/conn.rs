@@ -188,7 +188,7 @@ async fn exchange(
             out.extend_from_slice(&reply.body);
         } else {
             out = flush(stream, out).await?;
-            let (result, _) = stream.write_all(reply.body.clone()).await;
+            let (result, _) = stream.write_all(reply.body.to_bytes()).await;
             result.map_err(|_| ())?;
         }
     }

@@ -1,8 +1,13 @@
 //! Responses. A handler returns a `Reply`; `write_head` serializes its head into the
-//! connection's reused output buffer. Bodies are `Bytes`, so pre-rendered documents are
-//! shared, never copied per request (small ones are appended to the head for a single write).
+//! connection's reused output buffer. Bodies are `Bytes` or a cached document, so
+//! pre-rendered documents are shared, never copied per request (small ones are appended to
+//! the head for a single write).
+
+use std::ops::Deref;
 
 use bytes::Bytes;
+
+use crate::cache::CachedDoc;
 
 /// Content types the registry answers with.
 pub const JSON: &str = "application/json";
@@ -14,13 +19,81 @@ pub const OCTET_STREAM: &str = "application/octet-stream";
 pub struct Reply {
     pub status: u16,
     pub content_type: &'static str,
-    pub body: Bytes,
-    pub etag: Option<Bytes>,
+    pub body: Body,
+    pub etag: Option<Etag>,
     pub gzip: bool,
     /// The representation depends on `Accept` (packuments).
     pub vary_accept: bool,
     /// Close the connection after this reply.
     pub close: bool,
+}
+
+/// A reply's body.
+#[derive(Debug, Clone)]
+pub enum Body {
+    Bytes(Bytes),
+    /// A cached packument: the reply holds the document's one allocation (its reference count
+    /// sits in the cache line the lookup already read), not a second reference-counted buffer.
+    Doc(CachedDoc),
+}
+
+impl Body {
+    /// The body as `Bytes` (for a write of its own; a cached document is not copied).
+    #[must_use]
+    pub fn to_bytes(&self) -> Bytes {
+        match self {
+            Body::Bytes(bytes) => bytes.clone(),
+            Body::Doc(doc) => Bytes::from_owner(doc.clone()),
+        }
+    }
+}
+
+impl Deref for Body {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Body::Bytes(bytes) => bytes,
+            Body::Doc(doc) => doc.body(),
+        }
+    }
+}
+
+/// Longest validator an `Etag` holds. The server's are at most 53 bytes (a rebased
+/// document's: quote, 32 hex digits, `-h`, 16 hex digits, quote).
+pub const ETAG_BYTES_MAX: usize = 63;
+
+/// An `ETag` value, held inline: copying ~40 bytes is cheaper than a reference count in
+/// another allocation's cache line.
+#[derive(Clone, Copy)]
+pub struct Etag {
+    len: u8,
+    bytes: [u8; ETAG_BYTES_MAX],
+}
+
+impl Etag {
+    /// `value`, or `None` when it is longer than `ETAG_BYTES_MAX`.
+    #[must_use]
+    pub fn new(value: &[u8]) -> Option<Etag> {
+        let len = u8::try_from(value.len())
+            .ok()
+            .filter(|&len| usize::from(len) <= ETAG_BYTES_MAX)?;
+        let mut bytes = [0; ETAG_BYTES_MAX];
+        bytes[..value.len()].copy_from_slice(value);
+        Some(Etag { len, bytes })
+    }
+
+    /// The value, quotes included.
+    #[must_use]
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl std::fmt::Debug for Etag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from_utf8_lossy(self.as_bytes()))
+    }
 }
 
 impl Reply {
@@ -30,8 +103,23 @@ impl Reply {
         Reply {
             status,
             content_type: JSON,
-            body: body.into(),
+            body: Body::Bytes(body.into()),
             etag: None,
+            gzip: false,
+            vary_accept: false,
+            close: false,
+        }
+    }
+
+    /// `200` with a cached packument and its validator (JSON; the caller sets the exact
+    /// content type and encoding).
+    #[must_use]
+    pub fn document(doc: CachedDoc) -> Reply {
+        Reply {
+            status: 200,
+            content_type: JSON,
+            etag: Etag::new(doc.etag()),
+            body: Body::Doc(doc),
             gzip: false,
             vary_accept: false,
             close: false,
@@ -50,12 +138,12 @@ impl Reply {
 
     /// 304 for a matching validator.
     #[must_use]
-    pub fn not_modified(etag: Bytes, vary_accept: bool) -> Reply {
+    pub fn not_modified(etag: Option<Etag>, vary_accept: bool) -> Reply {
         Reply {
             status: 304,
             content_type: JSON,
-            body: Bytes::new(),
-            etag: Some(etag),
+            body: Body::Bytes(Bytes::new()),
+            etag,
             gzip: false,
             vary_accept,
             close: false,
@@ -116,7 +204,7 @@ pub fn write_head(
     out.extend_from_slice(b"\r\nX-Content-Type-Options: nosniff\r\n");
     if let Some(etag) = &reply.etag {
         out.extend_from_slice(b"ETag: ");
-        out.extend_from_slice(etag);
+        out.extend_from_slice(etag.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     if reply.gzip {
@@ -177,5 +265,15 @@ mod tests {
             push_decimal(&mut out, value);
             assert_eq!(out, value.to_string().into_bytes());
         }
+    }
+
+    #[test]
+    fn validators_up_to_the_longest_the_server_makes_fit() {
+        // A rebased document's: quote, 32 hex digits, -h, 16 hex digits, quote.
+        let rebased = format!("\"{}-h{}\"", "a".repeat(32), "b".repeat(16));
+        let etag = Etag::new(rebased.as_bytes()).unwrap();
+        assert_eq!(etag.as_bytes(), rebased.as_bytes());
+        assert!(Etag::new(&[b'a'; ETAG_BYTES_MAX]).is_some());
+        assert!(Etag::new(&[b'a'; ETAG_BYTES_MAX + 1]).is_none());
     }
 }

@@ -8,7 +8,7 @@ use engine::served::DocKind;
 use crate::api_error::ApiError;
 use crate::cores::Core;
 use crate::http::parse::RequestHead;
-use crate::http::respond::{Reply, ABBREVIATED_JSON, JSON};
+use crate::http::respond::{Etag, Reply, ABBREVIATED_JSON, JSON};
 
 pub(super) fn full_or_abbreviated(
     name: &PackageName,
@@ -36,12 +36,12 @@ pub(super) fn full_or_abbreviated(
             .if_none_match
             .is_some_and(|v| matches_any(v, |c| c == &rebased.etag[..]))
         {
-            return Ok(Reply::not_modified(rebased.etag.clone(), true));
+            return Ok(Reply::not_modified(Etag::new(&rebased.etag), true));
         }
         let mut reply = Reply::json(200, rebased.body.clone());
         reply.content_type = content_type;
         reply.vary_accept = true;
-        reply.etag = Some(rebased.etag.clone());
+        reply.etag = Etag::new(&rebased.etag);
         return Ok(reply);
     }
     // One lookup: the representation this client takes. Both encodings of a revision share
@@ -53,12 +53,11 @@ pub(super) fn full_or_abbreviated(
         .if_none_match
         .is_some_and(|v| matches_any(v, |c| document.etag_matches(c)))
     {
-        return Ok(Reply::not_modified(document.etag.clone(), true));
+        return Ok(Reply::not_modified(Etag::new(document.etag()), true));
     }
-    let mut reply = Reply::json(200, document.body.clone());
+    let mut reply = Reply::document(document);
     reply.content_type = content_type;
     reply.vary_accept = true;
-    reply.etag = Some(document.etag.clone());
     reply.gzip = kind.is_gzip();
     Ok(reply)
 }
