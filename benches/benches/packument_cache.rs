@@ -4,8 +4,11 @@
 //! connection does (`conn.rs`, bodies up to 32 KiB).
 //!
 //! - `packument_cache/hit_1k`: 1,000 cached packages (their documents fit the CPU's caches).
-//! - `packument_cache/hit_100k`: 100,000 cached packages (~130 MiB of documents: almost every
+//! - `packument_cache/hit_100k`: 100,000 cached packages (~180 MiB of documents: almost every
 //!   hit reads memory). The gap between the two is what `perf scale` measures through HTTP.
+//! - `packument_cache/hit_100k_prefetched`: the same, with the next package's table slot
+//!   prefetched (`PackageCache::prefetch`) before each hit, as a core does while it routes
+//!   a request.
 //!
 //! Each package is one version of call-bound's real manifest under its own name
 //! (`p000000`...), published through `ShardStore::apply_batch` into one shard, and read once
@@ -109,6 +112,28 @@ fn bench_cache(c: &mut Criterion) {
                 black_box(&out);
             });
         });
+        if count >= 100_000 {
+            // The next request's slot prefetched before this one is answered, as a core
+            // prefetches while it routes (conn.rs): what `PackageCache::prefetch` saves.
+            let mut next = names[0].as_str();
+            group.bench_function("hit_100k_prefetched", |b| {
+                b.iter(|| {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let name = next;
+                    next = &names[usize::try_from(rng % count as u64).unwrap_or(0)];
+                    cache.prefetch(next, DocKind::FullGzip);
+                    let doc = cache
+                        .doc(&store, black_box(name), DocKind::FullGzip)
+                        .expect("read")
+                        .expect("cached");
+                    out.clear();
+                    out.extend_from_slice(doc.body());
+                    black_box(&out);
+                });
+            });
+        }
         assert_eq!(cache.loads, count as u64, "every measured read was a hit");
     }
     group.finish();

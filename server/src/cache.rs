@@ -37,7 +37,8 @@ use engine::blob::{BlobId, BlobStore};
 use engine::limits::INLINE_BLOB_BYTES_MAX;
 use engine::served::{DocKind, ServedDoc, ServedIndex};
 use engine::shard::{ReadError, ShardReader, ShardStore};
-use hashbrown::HashTable;
+
+use crate::doc_table::{DocSlot, DocTable};
 
 use crate::limits::{
     PACKAGE_CACHE_SEGMENTS, REBASED_CACHE_BYTES_MAX, TARBALL_CACHE_BYTES_MAX,
@@ -137,14 +138,14 @@ impl CachedDoc {
     /// Reads one byte of each cache line of the first `TOUCH_BYTES_MAX` bytes, each read
     /// independent of the others, so the CPU fetches those lines all at once instead of one
     /// after another as the name compare, the validator and the body copy reach them.
-    fn touch(&self) {
+    pub(crate) fn touch(&self) {
         let head = &self.0[..self.0.len().min(TOUCH_BYTES_MAX)];
         let sum = head.iter().step_by(64).fold(0u8, |sum, &b| sum ^ b);
         std::hint::black_box(sum);
     }
 
     /// Bytes charged to the cache (the length is in the pointer: no read of the allocation).
-    fn weight(&self) -> usize {
+    pub(crate) fn weight(&self) -> usize {
         self.0.len() + DOC_OVERHEAD_BYTES
     }
 }
@@ -166,24 +167,6 @@ impl std::fmt::Debug for CachedDoc {
     }
 }
 
-/// A document in a segment's table.
-struct DocSlot {
-    hash: u64,
-    generation: u64,
-    doc: CachedDoc,
-}
-
-impl DocSlot {
-    /// The hash is compared first, from the slot; the name only on a hash match, from the
-    /// document's first line.
-    fn is(&self, hash: u64, name: &str) -> bool {
-        self.hash == hash && {
-            self.doc.touch();
-            self.doc.name() == name.as_bytes()
-        }
-    }
-}
-
 /// A tarball index in a segment's map.
 struct IndexSlot {
     value: Arc<ServedIndex>,
@@ -199,16 +182,26 @@ impl IndexSlot {
 #[derive(Default)]
 struct Segment {
     /// One table per `DocKind` (by `DocKind::index`).
-    docs: [HashTable<DocSlot>; DocKind::ALL.len()],
+    docs: [DocTable; DocKind::ALL.len()],
     indexes: HashMap<Box<str>, IndexSlot>,
     bytes: usize,
     /// Eviction passes so far: each starts at the next table, so no kind is always first.
     evictions: usize,
 }
 
+/// A segment, and where its document tables' slots are for `PackageCache::prefetch`, which
+/// reads them without the lock: a stale value only makes a useless prefetch (a prefetch of
+/// any address is harmless), and they are rewritten under the lock whenever a table may
+/// have moved.
+#[derive(Default)]
+struct SegmentCell {
+    segment: Mutex<Segment>,
+    layouts: [(AtomicUsize, AtomicUsize); DocKind::ALL.len()],
+}
+
 /// The served values every core has read, within one byte budget.
 pub struct SharedPackages {
-    segments: Box<[Mutex<Segment>]>,
+    segments: Box<[SegmentCell]>,
     /// Bytes charged over all segments.
     bytes: AtomicUsize,
     budget: usize,
@@ -225,20 +218,35 @@ impl SharedPackages {
     pub fn new(budget: usize) -> SharedPackages {
         SharedPackages {
             segments: (0..PACKAGE_CACHE_SEGMENTS)
-                .map(|_| Mutex::default())
+                .map(|_| SegmentCell::default())
                 .collect(),
             bytes: AtomicUsize::new(0),
             budget,
         }
     }
 
-    fn segment(&self, hash: u64) -> MutexGuard<'_, Segment> {
+    fn cell(&self, hash: u64) -> &SegmentCell {
         let index = usize::try_from(hash >> 32).unwrap_or(0) % self.segments.len();
+        &self.segments[index]
+    }
+
+    fn segment(&self, hash: u64) -> MutexGuard<'_, Segment> {
         // A panic aborts the process (release profile), so a poisoned lock is never seen
         // in production; tests keep going with the data as it is.
-        self.segments[index]
+        self.cell(hash)
+            .segment
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records where `segment`'s tables are now (call with its lock held, after a change
+    /// that may have moved one).
+    fn publish_layouts(&self, hash: u64, segment: &Segment) {
+        for (table, (base, mask)) in segment.docs.iter().zip(&self.cell(hash).layouts) {
+            let (b, m) = table.layout();
+            base.store(b, Ordering::Relaxed);
+            mask.store(m, Ordering::Relaxed);
+        }
     }
 
     /// Bytes charged to the cache (for tests and metrics).
@@ -342,6 +350,18 @@ impl PackageCache {
         }
     }
 
+    /// Starts fetching the table slot where a lookup of document `kind` of `name` begins, so
+    /// that it is on its way while the request is validated and dispatched.
+    pub fn prefetch(&self, name: &str, kind: DocKind) {
+        let hash = name_hash(name);
+        let (base, mask) = &self.shared.cell(hash).layouts[kind.index()];
+        DocTable::prefetch(
+            base.load(Ordering::Relaxed),
+            mask.load(Ordering::Relaxed),
+            hash,
+        );
+    }
+
     /// Document `kind` of `name`, from cache when still valid.
     ///
     /// # Errors
@@ -362,7 +382,7 @@ impl PackageCache {
         let table = kind.index();
         let cached = {
             let segment = self.shared.segment(hash);
-            match segment.docs[table].find(hash, |slot| slot.is(hash, name)) {
+            match segment.docs[table].find(hash, name) {
                 Some(slot) if settled && slot.generation == generation => {
                     self.hits += 1;
                     return Ok(Some(slot.doc.clone()));
@@ -376,7 +396,7 @@ impl PackageCache {
         if let Some(doc) = cached {
             if reader.read_rev(shard, generation, name)? == Some(doc.rev()) {
                 let mut segment = self.shared.segment(hash);
-                if let Some(slot) = segment.docs[table].find_mut(hash, |slot| slot.is(hash, name)) {
+                if let Some(slot) = segment.docs[table].find_mut(hash, name) {
                     // Only the value just checked, and never back to an older number.
                     if slot.doc.ptr_eq(&doc) && slot.generation < generation {
                         slot.generation = generation;
@@ -388,8 +408,7 @@ impl PackageCache {
         }
         let Some(served) = reader.read_doc(shard, generation, name, kind)? else {
             let mut segment = self.shared.segment(hash);
-            if let Ok(found) = segment.docs[table].find_entry(hash, |slot| slot.is(hash, name)) {
-                let (old, _) = found.remove();
+            if let Some(old) = segment.docs[table].remove(hash, name) {
                 self.shared.charge(&mut segment, 0, old.doc.weight());
             }
             return Ok(None);
@@ -410,16 +429,17 @@ impl PackageCache {
             generation,
             doc: doc.clone(),
         };
-        let old = match segment.docs[table].find_mut(hash, |slot| slot.is(hash, name)) {
+        let old = match segment.docs[table].find_mut(hash, name) {
             // Another core may have stored a value checked under a later generation
             // meanwhile: keep that one.
             Some(slot) if slot.generation > generation => return Ok(Some(doc)),
             Some(slot) => std::mem::replace(slot, fresh).doc.weight(),
             None => {
-                segment.docs[table].insert_unique(hash, fresh, |slot| slot.hash);
+                segment.docs[table].insert_new(fresh);
                 0
             }
         };
+        shared.publish_layouts(hash, &segment);
         shared.charge(&mut segment, weight, old);
         Ok(Some(doc))
     }
@@ -805,11 +825,11 @@ mod tests {
             .segments
             .iter()
             .map(|s| {
-                let s = s.lock().unwrap();
+                let s = s.segment.lock().unwrap();
                 let docs: usize = s
                     .docs
                     .iter()
-                    .flat_map(HashTable::iter)
+                    .flat_map(DocTable::iter)
                     .map(|slot| slot.doc.weight())
                     .sum();
                 docs + s.indexes.values().map(IndexSlot::weight).sum::<usize>()
@@ -850,24 +870,22 @@ mod tests {
             cut: engine::served::Cut::default(),
             body: Bytes::from_static(b"{}"),
         };
-        let mut table = HashTable::new();
+        let mut table = DocTable::default();
         for (name, rev) in [("a", 1), ("b", 2)] {
             let doc = CachedDoc::new(name, &served(rev)).unwrap();
-            table.insert_unique(
-                7,
-                DocSlot {
-                    hash: 7,
-                    generation: 0,
-                    doc,
-                },
-                |s| s.hash,
-            );
+            table.insert_new(DocSlot {
+                hash: 7,
+                generation: 0,
+                doc,
+            });
         }
         for (name, rev) in [("a", 1), ("b", 2)] {
-            let slot = table.find(7, |s| s.is(7, name)).unwrap();
+            let slot = table.find(7, name).unwrap();
             assert_eq!(slot.doc.rev(), rev);
         }
-        assert!(table.find(7, |s| s.is(7, "c")).is_none());
-        assert!(table.find(8, |s| s.is(8, "a")).is_none());
+        assert!(table.find(7, "c").is_none());
+        assert!(table.find(8, "a").is_none());
+        assert_eq!(table.remove(7, "a").unwrap().doc.rev(), 1);
+        assert_eq!(table.find(7, "b").unwrap().doc.rev(), 2);
     }
 }

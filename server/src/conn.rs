@@ -10,6 +10,7 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use engine::served::DocKind;
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
@@ -153,6 +154,10 @@ async fn exchange(
 ) -> Result<Exchange, ()> {
     let started = Instant::now();
     let routed = route::route(head.method, head.target).map(|r| crate::npm::resolve(r, head, core));
+    if let Ok(Route::Packument { package }) = &routed {
+        let kind = DocKind::of(head.accept_abbreviated, head.accept_gzip);
+        core.packages.borrow().prefetch(package, kind);
+    }
     let kind = metrics::kind_of(&routed, head.accept_abbreviated);
     let body_max = match routed {
         Ok(Route::Publish { .. }) => BODY_BYTES_MAX,

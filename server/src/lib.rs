@@ -19,6 +19,7 @@ pub mod config;
 pub mod config_cli;
 pub mod conn;
 pub mod cores;
+pub mod doc_table;
 pub mod http;
 pub mod limits;
 pub mod live_config;
