@@ -18,10 +18,11 @@
 //!
 //! A document hit touches few cache lines, because at 100,000 packages almost none of them
 //! are in the CPU's caches: the name is hashed once (xxh3, for the segment and for the
-//! segment's table, which stores the hash beside each value), the table's slot holds the
-//! hash, the generation and the document's pointer, and the document is one allocation
-//! (`CachedDoc`: reference count, revision, name, validator, body), so comparing the name,
-//! taking a reference and reading the validator and the body walk one run of lines.
+//! segment's `DocTable`, whose slot a core prefetches while it routes the request), the slot
+//! holds the hash, the generation and the document's pointer, and the document is one
+//! allocation (`CachedDoc`: reference count, revision, name, validator, body), so comparing
+//! the name, taking a reference and reading the validator and the body walk one run of
+//! lines (ARCHITECTURE.md, "A cache hit reads one run of lines").
 //!
 //! `TarballCache`: blob id -> bytes. Blobs are immutable, so entries never go stale; bytes are
 //! verified against their blake3 name when loaded, from the package's shard (inline tarballs)
