@@ -74,6 +74,25 @@ fn fill(store: &ShardStore, blobs: &BlobStore, count: usize) {
     }
 }
 
+/// A uniform random package (xorshift64), as `perf scale` asks for.
+fn pick<'a>(rng: &mut u64, names: &'a [String]) -> &'a str {
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    &names[usize::try_from(*rng % names.len() as u64).unwrap_or(0)]
+}
+
+/// One hit: the lookup, then the body copied after the head as `conn.rs` does.
+fn hit(cache: &mut PackageCache, store: &ShardStore, name: &str, out: &mut Vec<u8>) {
+    let doc = cache
+        .doc(store, black_box(name), DocKind::FullGzip)
+        .expect("read")
+        .expect("cached");
+    out.clear();
+    out.extend_from_slice(doc.body());
+    black_box(out);
+}
+
 fn bench_cache(c: &mut Criterion) {
     let mut group = c.benchmark_group("packument_cache");
     for (id, count) in [("hit_1k", 1_000), ("hit_100k", 100_000)] {
@@ -98,18 +117,8 @@ fn bench_cache(c: &mut Criterion) {
         let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
         group.bench_function(id, |b| {
             b.iter(|| {
-                // xorshift64: a uniform random package, as `perf scale` asks for.
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                let name = &names[usize::try_from(rng % count as u64).unwrap_or(0)];
-                let doc = cache
-                    .doc(&store, black_box(name), DocKind::FullGzip)
-                    .expect("read")
-                    .expect("cached");
-                out.clear();
-                out.extend_from_slice(doc.body());
-                black_box(&out);
+                let name = pick(&mut rng, &names);
+                hit(&mut cache, &store, name, &mut out);
             });
         });
         if count >= 100_000 {
@@ -118,19 +127,10 @@ fn bench_cache(c: &mut Criterion) {
             let mut next = names[0].as_str();
             group.bench_function("hit_100k_prefetched", |b| {
                 b.iter(|| {
-                    rng ^= rng << 13;
-                    rng ^= rng >> 7;
-                    rng ^= rng << 17;
                     let name = next;
-                    next = &names[usize::try_from(rng % count as u64).unwrap_or(0)];
+                    next = pick(&mut rng, &names);
                     cache.prefetch(next, DocKind::FullGzip);
-                    let doc = cache
-                        .doc(&store, black_box(name), DocKind::FullGzip)
-                        .expect("read")
-                        .expect("cached");
-                    out.clear();
-                    out.extend_from_slice(doc.body());
-                    black_box(&out);
+                    hit(&mut cache, &store, name, &mut out);
                 });
             });
         }
