@@ -126,7 +126,7 @@ fn bench_auth(c: &mut Criterion) {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch dir");
     let data = DataDir::open_or_create(dir.path(), 2).expect("data directory");
     let store = Arc::new(AuthStore::open(&data.auth_path()).expect("auth store"));
-    let worker = AuthWorker::start(Arc::clone(&store)).expect("auth worker");
+    let worker = AuthWorker::start(Arc::clone(&store), 0).expect("auth worker");
     let token = block_on(worker.login(USER.to_owned(), PASSWORD.to_owned(), None, true))
         .expect("login creates the user and a token");
     write_filler_tokens(&store);

@@ -153,6 +153,8 @@ fn facts(shard_count: u64) -> StoreFacts {
         blob_bytes: Some(4 * 1024 * 1024 * 1024),
         inline_blobs: (80_000, 240 * 1024 * 1024),
         config_generation: 12,
+        packument_cache: (150 * 1024 * 1024, 192 * 1024 * 1024),
+        idle_releases: 4,
     }
 }
 

@@ -9,6 +9,8 @@
 //!   one at a time or K at once (`--concurrent`, a 20-package tree).
 //! - `scale`: AgentRegistry at 1,000 and at 100,000 synthetic packages: packument GET
 //!   throughput, restart time and idle RSS.
+//! - `pass`: one GET of both documents of every synthetic package, in order: the rate of
+//!   reads that miss the server's packument cache (after a start or an idle release).
 //!
 //! See `perf/README.md` for usage and `perf/RESULTS.md` for the latest numbers.
 
@@ -56,6 +58,21 @@ enum Command {
     Clients(clients::ClientsOpts),
     /// AgentRegistry at 1,000 and 100,000 packages: GET throughput, restart time, idle RSS.
     Scale(scale::ScaleOpts),
+    /// One GET of each document of every synthetic package (abbreviated and full), in order.
+    Pass(PassArgs),
+}
+
+#[derive(clap::Args)]
+struct PassArgs {
+    /// Registry base URL, e.g. http://127.0.0.1:4873 (loopback only).
+    #[arg(long)]
+    target: String,
+    /// Synthetic packages the registry holds (`perf load --corpus synthetic`).
+    #[arg(long)]
+    packages: usize,
+    /// Connections (as `perf scale --pass-connections`).
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
 }
 
 #[derive(clap::Args)]
@@ -231,5 +248,19 @@ fn main() -> Result<()> {
         Command::Compare(opts) => compare::run(opts),
         Command::Clients(opts) => clients::run(opts),
         Command::Scale(opts) => scale::run(opts),
+        Command::Pass(args) => run_pass(args),
     }
+}
+
+fn run_pass(args: &PassArgs) -> Result<()> {
+    let target = Target::parse(&args.target)?;
+    let started = std::time::Instant::now();
+    scale::get_pass(&target, args.packages, args.connections)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let requests = 2 * args.packages;
+    println!(
+        "{requests} GETs in {seconds:.2} s: {:.0} req/s",
+        requests as f64 / seconds
+    );
+    Ok(())
 }

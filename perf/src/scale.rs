@@ -15,8 +15,10 @@
 //!    spawn to first `200` on `GET /-/ping`, spawn to the listening line, spawn to the
 //!    timestamp of the server's own `agentregistry ready` log line; medians.
 //! 5. On the last start: RSS after `--idle-seconds` of idleness, after one pass of GETs
-//!    (abbreviated and full) over every package, and after idling again; the data
-//!    directory's size.
+//!    (abbreviated and full) over every package, `--idle-seconds` later (caches still
+//!    kept), and after `--release-wait-seconds` without requests (the server empties its
+//!    caches after 30 s by default, `serve --idle-release-secs`); the data directory's
+//!    size.
 //!
 //! It prints markdown tables, the 100k/1k ratios and a verdict for each of the issue's
 //! scale targets.
@@ -73,6 +75,10 @@ pub(crate) struct ScaleOpts {
     /// Seconds the restarted server idles before its RSS is read.
     #[arg(long, default_value_t = 5.0)]
     pub(crate) idle_seconds: f64,
+    /// Seconds without requests after the pass before the last RSS reading: past the
+    /// server's idle release (`serve --idle-release-secs`, 30 by default).
+    #[arg(long, default_value_t = 40.0)]
+    pub(crate) release_wait_seconds: f64,
     /// Connections of the GET pass over every package after the last restart.
     #[arg(long, default_value_t = 8)]
     pub(crate) pass_connections: usize,
@@ -336,7 +342,17 @@ pub(crate) fn run(opts: &ScaleOpts) -> Result<()> {
     ));
     std::thread::sleep(Duration::from_secs_f64(opts.idle_seconds));
     memory.push((
-        format!("after the pass, idle {} s", opts.idle_seconds),
+        format!("{} s after the pass (caches still kept)", opts.idle_seconds),
+        procstat::memory(server.pid).unwrap_or_default(),
+    ));
+    std::thread::sleep(Duration::from_secs_f64(
+        (opts.release_wait_seconds - opts.idle_seconds).max(0.0),
+    ));
+    memory.push((
+        format!(
+            "after the pass, idle {} s (caches released)",
+            opts.release_wait_seconds
+        ),
         procstat::memory(server.pid).unwrap_or_default(),
     ));
     let usage = usage_of(&home)?;
@@ -770,7 +786,7 @@ fn shard_lines(text: &str) -> Vec<String> {
 
 /// `GET` of the abbreviated and the full packument of synthetic packages `0..packages`,
 /// each once, over `connections` connections; every answer must be 200.
-fn get_pass(target: &Target, packages: usize, connections: usize) -> Result<()> {
+pub(crate) fn get_pass(target: &Target, packages: usize, connections: usize) -> Result<()> {
     let items: Vec<usize> = (0..packages).collect();
     load::fan_out(target, &items, connections, |conn, &i| {
         let path = corpus::packument_path(&corpus::synthetic_name(i));

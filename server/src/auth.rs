@@ -17,6 +17,8 @@ use futures_channel::oneshot;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
+use crate::idle::WorkerRelease;
+
 const TOKEN_PREFIX: &str = "agr_";
 const BASIC_CACHE_TTL: Duration = Duration::from_secs(300);
 const BASIC_CACHE_ENTRIES_MAX: usize = 4096;
@@ -94,12 +96,14 @@ impl AuthWorker {
     ///
     /// # Errors
     /// Thread creation failures.
-    pub fn start(store: Arc<AuthStore>) -> std::io::Result<AuthWorker> {
+    /// It returns its free memory after `idle_release_secs` without a job (`idle.rs`).
+    pub fn start(store: Arc<AuthStore>, idle_release_secs: u64) -> std::io::Result<AuthWorker> {
         let (tx, rx) = flume::bounded::<(Job, oneshot::Sender<Answer>)>(256);
         std::thread::Builder::new()
             .name("auth-worker".into())
             .spawn(move || {
-                while let Ok((job, reply)) = rx.recv() {
+                let mut release = WorkerRelease::new(idle_release_secs);
+                while let Some((job, reply)) = release.recv(&rx) {
                     let _ = reply.send(run(&store, job));
                 }
             })?;

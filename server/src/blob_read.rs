@@ -11,6 +11,7 @@ use std::sync::Arc;
 use engine::blob::{BlobError, BlobId, BlobStore};
 use futures_channel::oneshot;
 
+use crate::idle::WorkerRelease;
 use crate::limits::{BLOB_READ_QUEUE_DEPTH, BLOB_READ_THREADS};
 
 type Job = (BlobId, oneshot::Sender<Result<Vec<u8>, BlobError>>);
@@ -26,7 +27,8 @@ impl BlobReaders {
     ///
     /// # Errors
     /// Thread creation failures.
-    pub fn start(blobs: &Arc<BlobStore>) -> std::io::Result<BlobReaders> {
+    /// Each returns its free memory after `idle_release_secs` without a read (`idle.rs`).
+    pub fn start(blobs: &Arc<BlobStore>, idle_release_secs: u64) -> std::io::Result<BlobReaders> {
         let (tx, rx) = flume::bounded::<Job>(BLOB_READ_QUEUE_DEPTH);
         for i in 0..BLOB_READ_THREADS {
             let rx = rx.clone();
@@ -34,7 +36,8 @@ impl BlobReaders {
             std::thread::Builder::new()
                 .name(format!("blob-read-{i}"))
                 .spawn(move || {
-                    while let Ok((id, reply)) = rx.recv() {
+                    let mut release = WorkerRelease::new(idle_release_secs);
+                    while let Some((id, reply)) = release.recv(&rx) {
                         let _ = reply.send(blobs.read(&id));
                     }
                 })?;

@@ -200,6 +200,16 @@ struct SegmentCell {
     layouts: [(AtomicUsize, AtomicUsize); DocKind::ALL.len()],
 }
 
+impl SegmentCell {
+    fn publish_layouts(&self, segment: &Segment) {
+        for (table, (base, mask)) in segment.docs.iter().zip(&self.layouts) {
+            let (b, m) = table.layout();
+            base.store(b, Ordering::Relaxed);
+            mask.store(m, Ordering::Relaxed);
+        }
+    }
+}
+
 /// The served values every core has read, within one byte budget.
 pub struct SharedPackages {
     segments: Box<[SegmentCell]>,
@@ -243,10 +253,23 @@ impl SharedPackages {
     /// Records where `segment`'s tables are now (call with its lock held, after a change
     /// that may have moved one).
     fn publish_layouts(&self, hash: u64, segment: &Segment) {
-        for (table, (base, mask)) in segment.docs.iter().zip(&self.cell(hash).layouts) {
-            let (b, m) = table.layout();
-            base.store(b, Ordering::Relaxed);
-            mask.store(m, Ordering::Relaxed);
+        self.cell(hash).publish_layouts(segment);
+    }
+
+    /// Drops every value, one segment at a time (the server has been idle: `idle.rs`). A core
+    /// that reads meanwhile loads again, as after an eviction. The values are freed after
+    /// each segment's lock is released.
+    pub fn clear(&self) {
+        for cell in &self.segments {
+            let emptied = {
+                let mut segment = cell.segment.lock().unwrap_or_else(PoisonError::into_inner);
+                let emptied = std::mem::take(&mut *segment);
+                segment.evictions = emptied.evictions;
+                cell.publish_layouts(&segment);
+                self.bytes.fetch_sub(emptied.bytes, Ordering::Relaxed);
+                emptied
+            };
+            drop(emptied);
         }
     }
 
@@ -520,6 +543,13 @@ impl PackageCache {
         }
     }
 
+    /// Drops every kept read transaction (the server has been idle: `idle.rs`).
+    pub fn release_all(&mut self) {
+        for reader in &mut self.readers {
+            reader.release();
+        }
+    }
+
     /// Read transactions this core began, and reads that reused one (for tests and
     /// profiles).
     #[must_use]
@@ -583,6 +613,11 @@ impl TarballCache {
         self.entries.get(id).cloned()
     }
 
+    /// Drops every entry and the map's memory (the server has been idle: `idle.rs`).
+    pub fn clear(&mut self) {
+        *self = TarballCache::default();
+    }
+
     /// Keeps `bytes`, already verified to be blob `id` (unless too big to keep).
     pub fn insert(&mut self, id: BlobId, bytes: Bytes) {
         if bytes.len() <= TARBALL_CACHE_ENTRY_BYTES_MAX {
@@ -615,6 +650,11 @@ pub struct RebasedCache {
 }
 
 impl RebasedCache {
+    /// Drops every entry and the map's memory (the server has been idle: `idle.rs`).
+    pub fn clear(&mut self) {
+        *self = RebasedCache::default();
+    }
+
     /// `document` (an identity document rendered for `from_base`) with its tarball URLs
     /// re-pointed at `to_base`.
     pub fn get(
@@ -791,6 +831,59 @@ mod tests {
         let doc = core.doc(&f.store, "p0", KIND).unwrap().unwrap();
         assert_eq!(Some(doc.rev()), f.store.read_rev("p0").unwrap());
         assert_eq!(core.transactions().0, 2);
+    }
+
+    /// `clear` (the idle release) empties every segment and its accounting, leaves the
+    /// prefetch layouts pointing at no table, and the next reads load the same values again.
+    #[test]
+    fn clearing_empties_the_cache_and_reads_load_again() {
+        let f = Fixture::new();
+        for i in 0..50 {
+            f.publish(&format!("p{i}"), "1.0.0");
+        }
+        let shared = Arc::new(SharedPackages::new(1 << 20));
+        let mut core = PackageCache::new(Arc::clone(&shared));
+        let read = |core: &mut PackageCache| -> Vec<(CachedDoc, u64)> {
+            (0..50)
+                .map(|i| {
+                    let name = format!("p{i}");
+                    let doc = core.doc(&f.store, &name, KIND).unwrap().unwrap();
+                    let index = core.index(&f.store, &name).unwrap().unwrap();
+                    (doc, index.rev)
+                })
+                .collect()
+        };
+        let before = read(&mut core);
+        assert_eq!(core.loads, 100);
+        assert!(shared.bytes() > 0);
+        core.release_all();
+        assert!(!core.readers[0].holds_transaction());
+        shared.clear();
+        assert_eq!(shared.bytes(), 0);
+        for cell in &shared.segments {
+            let segment = cell.segment.lock().unwrap();
+            assert!(segment.docs.iter().all(|t| t.len() == 0));
+            assert!(segment.indexes.is_empty());
+            assert_eq!(segment.bytes, 0);
+            for (table, (base, mask)) in segment.docs.iter().zip(&cell.layouts) {
+                assert_eq!(
+                    table.layout(),
+                    (base.load(Ordering::Relaxed), mask.load(Ordering::Relaxed))
+                );
+            }
+        }
+        let after = read(&mut core);
+        assert_eq!(core.loads, 200, "everything loaded again");
+        for ((old, old_rev), (new, new_rev)) in before.iter().zip(&after) {
+            assert!(!old.ptr_eq(new));
+            assert_eq!(old.as_ref(), new.as_ref());
+            assert_eq!(old_rev, new_rev);
+        }
+        let charged: usize = after.iter().map(|(doc, _)| doc.weight()).sum();
+        assert!(
+            shared.bytes() > charged,
+            "documents and indexes charged again"
+        );
     }
 
     #[test]

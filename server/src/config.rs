@@ -27,6 +27,7 @@ pub struct RawConfig {
     pub cores: Option<usize>,
     pub shards: Option<u32>,
     pub driver: Option<DriverChoice>,
+    pub idle_release_secs: Option<u64>,
 }
 
 /// Validated startup configuration.
@@ -42,6 +43,8 @@ pub struct Config {
     /// The packument cache's budget (`limits::PACKAGE_CACHE_BYTES_PER_CPU`).
     pub package_cache_bytes: usize,
     pub driver: DriverChoice,
+    /// Quiet seconds before caches are emptied and memory returned (`idle.rs`); 0 never.
+    pub idle_release_secs: u64,
 }
 
 /// The number of cores (event loops) when `--cores` is not given: half the CPUs, at least
@@ -101,6 +104,9 @@ impl Config {
             package_cache_bytes: PACKAGE_CACHE_BYTES_PER_CPU
                 .saturating_mul(cores_available.max(cores)),
             driver: raw.driver.unwrap_or(DriverChoice::Auto),
+            idle_release_secs: raw
+                .idle_release_secs
+                .unwrap_or(crate::limits::IDLE_RELEASE_SECS_DEFAULT),
         })
     }
 

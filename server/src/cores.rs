@@ -12,7 +12,7 @@
 //! Shared state (`Shared`) is immutable after startup except through atomics (shard
 //! generations, the live config record); per-core state (`Core`) is `!Send` and never locked.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::TcpListener;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -26,6 +26,7 @@ use crate::auth::{AuthWorker, BasicCache};
 use crate::blob_read::BlobReaders;
 use crate::cache::{PackageCache, RebasedCache, SharedPackages, TarballCache};
 use crate::config::DriverChoice;
+use crate::idle::IdleClock;
 use crate::live_config::LiveConfig;
 use crate::metrics::{CoreMetrics, Mailbox, SnapshotRequest};
 use crate::writer::Writers;
@@ -50,6 +51,8 @@ pub struct Shared {
     pub live: Arc<LiveConfig>,
     /// Each core's metrics mailbox, by core index (see `metrics.rs`).
     pub core_mailboxes: Vec<Mailbox<CoreMetrics>>,
+    /// When to give memory back (`idle.rs`).
+    pub idle: IdleClock,
 }
 
 impl Shared {
@@ -82,6 +85,8 @@ pub struct Core {
     pub basic: RefCell<BasicCache>,
     pub metrics: RefCell<CoreMetrics>,
     date: RefCell<(u64, String)>,
+    /// The shared cache's releases this core has followed (`release_memory`).
+    releases_followed: Cell<u64>,
 }
 
 impl Core {
@@ -95,6 +100,7 @@ impl Core {
             basic: RefCell::default(),
             metrics: RefCell::default(),
             date: RefCell::new((0, String::new())),
+            releases_followed: Cell::new(0),
         }
     }
 
@@ -108,6 +114,21 @@ impl Core {
         snapshot
     }
 
+    /// Empties this core's caches and kept read transactions and returns its free memory to
+    /// the system, once per release of the shared cache (`idle.rs`). Runs between requests.
+    fn follow_release(&self) {
+        let releases = self.shared.idle.releases();
+        if self.releases_followed.get() == releases {
+            return;
+        }
+        self.releases_followed.set(releases);
+        self.packages.borrow_mut().release_all();
+        self.rebased.borrow_mut().clear();
+        self.tarballs.borrow_mut().clear();
+        crate::idle::return_free_memory();
+        tracing::debug!(core = self.index, "idle: memory released");
+    }
+
     /// The HTTP `Date` value, formatted at most once per second per core.
     pub fn write_date(&self, out: &mut Vec<u8>) {
         let now = SystemTime::now();
@@ -117,6 +138,7 @@ impl Core {
         let mut date = self.date.borrow_mut();
         if date.0 != secs || date.1.is_empty() {
             *date = (secs, httpdate::fmt_http_date(now));
+            self.shared.idle.answered(self.index, secs);
         }
         out.extend_from_slice(date.1.as_bytes());
     }
@@ -229,6 +251,13 @@ async fn start(
                 .packages
                 .borrow_mut()
                 .release_stale(&releasing.shared.shards);
+            let shared = &releasing.shared;
+            if shared.idle.claim_release(crate::idle::unix_secs()) {
+                shared.packages.clear();
+                shared.idle.released();
+                tracing::info!(core = releasing.index, "idle: caches emptied");
+            }
+            releasing.follow_release();
         }
     });
     accept_loop(listener, core).await

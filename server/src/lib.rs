@@ -21,6 +21,7 @@ pub mod conn;
 pub mod cores;
 pub mod doc_table;
 pub mod http;
+pub mod idle;
 pub mod limits;
 pub mod live_config;
 pub mod metrics;

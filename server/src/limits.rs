@@ -49,6 +49,11 @@ pub const PACKAGE_CACHE_SEGMENTS: usize = 64;
 /// committed (`cache::PackageCache::release_stale`), so an idle core does not pin pages
 /// the writer could reuse.
 pub const READ_TXN_RELEASE_MS: u64 = 250;
+/// Seconds without a request on any core before the caches are emptied and their memory
+/// given back (`idle.rs`; `serve --idle-release-secs`, 0 never). Long enough that a pause
+/// between two installs of one agent keeps the cache warm, short enough that a registry
+/// left running goes back to its start-up size while nobody uses it.
+pub const IDLE_RELEASE_SECS_DEFAULT: u64 = 30;
 /// Per-core budget of documents rebased for another `Host`.
 pub const REBASED_CACHE_BYTES_MAX: usize = 32 * 1024 * 1024;
 /// Per-core tarball cache budget, and the largest tarball it keeps. Real trees have a few

@@ -47,6 +47,10 @@ enum Command {
             default_value = "auto"
         )]
         io_driver: DriverChoice,
+        /// Seconds without a request after which caches are emptied and their memory is
+        /// given back to the system [default: 30]; 0 keeps them.
+        #[arg(long, env = "AGENTREGISTRY_IDLE_RELEASE_SECS")]
+        idle_release_secs: Option<u64>,
     },
     /// Read or change the live config record (`<home>/config.bin`), also while serving.
     Config {
@@ -111,6 +115,7 @@ fn main() -> ExitCode {
             cores,
             shards,
             io_driver,
+            idle_release_secs,
         } => {
             init_logging();
             let raw = RawConfig {
@@ -120,6 +125,7 @@ fn main() -> ExitCode {
                 cores,
                 shards,
                 driver: Some(io_driver),
+                idle_release_secs,
             };
             let config = match Config::validate(raw) {
                 Ok(config) => config,

@@ -202,6 +202,10 @@ pub struct StoreFacts {
     /// each shard's `meta`, against a one-time directory scan).
     pub inline_blobs: (u64, u64),
     pub config_generation: u64,
+    /// Bytes charged to the shared packument cache, and its budget.
+    pub packument_cache: (usize, usize),
+    /// Times the caches were emptied after the server idled (`idle.rs`).
+    pub idle_releases: u64,
 }
 
 /// Merges and renders one scrape. `cores` are per core (index order).
@@ -470,6 +474,34 @@ fn render_facts(out: &mut String, facts: &StoreFacts) {
         "agentregistry_config_generation {}",
         facts.config_generation
     );
+    header(
+        out,
+        "packument_cache_bytes",
+        "Bytes held by the shared packument cache (values and overhead).",
+        "gauge",
+    );
+    let _ = writeln!(
+        out,
+        "agentregistry_packument_cache_bytes {}",
+        facts.packument_cache.0
+    );
+    header(
+        out,
+        "packument_cache_budget_bytes",
+        "The shared packument cache's budget.",
+        "gauge",
+    );
+    let _ = writeln!(
+        out,
+        "agentregistry_packument_cache_budget_bytes {}",
+        facts.packument_cache.1
+    );
+    render_counter(
+        out,
+        "idle_releases_total",
+        "Times the caches were emptied and memory returned after the server idled.",
+        facts.idle_releases,
+    );
 }
 
 /// `GET /metrics`: asks every core and writer for a snapshot, merges, renders.
@@ -503,6 +535,8 @@ pub async fn scrape(core: &crate::cores::Core) -> crate::http::respond::Reply {
             .filter_map(|s| s.inline_blob_stats().ok())
             .fold((0, 0), |(c, b), (count, bytes)| (c + count, b + bytes)),
         config_generation: shared.live.record().generation,
+        packument_cache: (shared.packages.bytes(), shared.packages.budget()),
+        idle_releases: shared.idle.releases(),
     };
     let mut reply = crate::http::respond::Reply::json(200, render(&cores, &writers, &facts));
     reply.content_type = "text/plain; version=0.0.4; charset=utf-8";
@@ -570,6 +604,8 @@ mod tests {
             blob_bytes: Some(10),
             inline_blobs: (5, 3000),
             config_generation: 7,
+            packument_cache: (1234, 5678),
+            idle_releases: 3,
         };
         let text = render(&[a, b], &[w], &facts);
         assert!(text.contains("agentregistry_requests_total{route=\"packument\",status=\"2xx\"} 1"));
@@ -585,6 +621,9 @@ mod tests {
         assert!(text.contains("agentregistry_inline_blobs 5"));
         assert!(text.contains("agentregistry_inline_blob_bytes 3000"));
         assert!(text.contains("agentregistry_bytes_sent_total 15"));
+        assert!(text.contains("agentregistry_packument_cache_bytes 1234"));
+        assert!(text.contains("agentregistry_packument_cache_budget_bytes 5678"));
+        assert!(text.contains("agentregistry_idle_releases_total 3"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').unwrap();
             assert!(value.parse::<f64>().is_ok(), "bad sample line {line:?}");

@@ -28,6 +28,7 @@ use crate::blob_read::BlobReaders;
 use crate::cache::SharedPackages;
 use crate::config::Config;
 use crate::cores::{self, Shared};
+use crate::idle::IdleClock;
 use crate::live_config::{self, LiveConfig};
 use crate::writer::Writers;
 
@@ -55,9 +56,10 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     let auth = Arc::new(AuthStore::open(&data.auth_path())?);
     write_admin_token(data.home())?;
     crate::admin::write_server_file(data.home(), listener.local_addr()?)?;
-    let (writers, _writer_threads) = Writers::start(&shards, &blobs, &auth)?;
-    let auth_worker = AuthWorker::start(Arc::clone(&auth))?;
-    let blob_readers = BlobReaders::start(&blobs)?;
+    let idle_secs = config.idle_release_secs;
+    let (writers, _writer_threads) = Writers::start(&shards, &blobs, &auth, idle_secs)?;
+    let auth_worker = AuthWorker::start(Arc::clone(&auth), idle_secs)?;
+    let blob_readers = BlobReaders::start(&blobs, idle_secs)?;
     let blobs_for_scan = Arc::clone(&blobs);
     std::thread::Builder::new()
         .name("blob-stats".into())
@@ -82,6 +84,11 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         writers,
         live,
         core_mailboxes,
+        idle: IdleClock::new(
+            config.cores,
+            config.idle_release_secs,
+            crate::idle::unix_secs(),
+        ),
     });
     tracing::info!(
         home = %data.home().display(),

@@ -28,6 +28,7 @@ use engine::publish::{self, PackagePut, PublishError};
 use engine::shard::{FreeSpace, ShardId, ShardStore, WriteError, WriteOp, WriteOutcome};
 use futures_channel::oneshot;
 
+use crate::idle::WorkerRelease;
 use crate::limits::{
     PREPARE_BATCH_MAX, PUBLISH_PREPARE_THREADS, WRITER_BATCH_MAX, WRITER_QUEUE_DEPTH,
 };
@@ -83,6 +84,7 @@ impl Writers {
         shards: &[Arc<ShardStore>],
         blobs: &Arc<BlobStore>,
         auth: &Arc<AuthStore>,
+        idle_release_secs: u64,
     ) -> std::io::Result<(Writers, Vec<JoinHandle<()>>)> {
         let mut senders = Vec::with_capacity(shards.len());
         let mut mailboxes = Vec::with_capacity(shards.len());
@@ -101,7 +103,7 @@ impl Writers {
             };
             let thread = std::thread::Builder::new()
                 .name(format!("shard-writer-{}", shard.id().0))
-                .spawn(move || run(&shard, &blobs, &inbox))?;
+                .spawn(move || run(&shard, &blobs, &inbox, idle_release_secs))?;
             senders.push(tx);
             mailboxes.push(mailbox_tx);
             stops.push(stop_tx);
@@ -117,6 +119,7 @@ impl Writers {
                 blobs: Arc::clone(blobs),
                 auth: Arc::clone(auth),
                 refused: Arc::clone(&parse_refused),
+                idle_release_secs,
             };
             threads.push(
                 std::thread::Builder::new()
@@ -206,6 +209,7 @@ struct PreparePool {
     blobs: Arc<BlobStore>,
     auth: Arc<AuthStore>,
     refused: Arc<AtomicU64>,
+    idle_release_secs: u64,
 }
 
 /// A parsed op on its way to a writer.
@@ -228,7 +232,8 @@ impl PreparePool {
     /// their writers. The writers are left with planning, inline tarballs and one commit per
     /// group.
     fn run(self) {
-        while let Ok(first) = self.rx.recv() {
+        let mut release = WorkerRelease::new(self.idle_release_secs);
+        while let Some(first) = release.recv(&self.rx) {
             let mut batch = vec![first];
             while batch.len() < PREPARE_BATCH_MAX {
                 match self.rx.try_recv() {
@@ -339,16 +344,26 @@ enum Event {
     Closed,
 }
 
-fn run(shard: &ShardStore, blobs: &BlobStore, inbox: &Inbox) {
+fn run(shard: &ShardStore, blobs: &BlobStore, inbox: &Inbox, idle_release_secs: u64) {
     let mut metrics = WriterMetrics::default();
+    let mut release = WorkerRelease::new(idle_release_secs);
     loop {
-        let event = flume::Selector::new()
+        let selector = flume::Selector::new()
             .recv(&inbox.jobs, |job| job.map_or(Event::Closed, Event::Job))
             .recv(&inbox.metrics, |request| {
                 request.map_or(Event::Closed, Event::Metrics)
             })
-            .recv(&inbox.stop, |stop| stop.map_or(Event::Closed, Event::Stop))
-            .wait();
+            .recv(&inbox.stop, |stop| stop.map_or(Event::Closed, Event::Stop));
+        let event = match release.wait_limit() {
+            None => selector.wait(),
+            Some(limit) => {
+                let Ok(event) = selector.wait_timeout(limit) else {
+                    release.idle();
+                    continue;
+                };
+                event
+            }
+        };
         let first = match event {
             Event::Job(job) => job,
             Event::Metrics(reply) => {
@@ -367,6 +382,7 @@ fn run(shard: &ShardStore, blobs: &BlobStore, inbox: &Inbox) {
             }
             Event::Closed => return,
         };
+        release.worked();
         apply_group(shard, blobs, &inbox.jobs, first, &mut metrics);
     }
 }

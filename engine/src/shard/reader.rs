@@ -103,6 +103,11 @@ impl ShardReader {
         }
     }
 
+    /// Drops the kept transaction, if any (the reader has been idle).
+    pub fn release(&mut self) {
+        self.snapshot = None;
+    }
+
     /// Whether a transaction is kept (for tests).
     #[must_use]
     pub fn holds_transaction(&self) -> bool {

@@ -31,10 +31,14 @@ use crate::served::{
 };
 use crate::update::{self, UpdateRequest};
 
-/// Page cache per shard. redb fills it lazily; the bound keeps RSS predictable. 32 MiB (was
-/// 64): the server's packument cache, shared by its cores, holds the hot documents
-/// themselves, and took the other 32 MiB per shard (ARCHITECTURE.md).
-const CACHE_BYTES: usize = 32 * 1024 * 1024;
+/// Page cache per shard. redb fills it lazily and has no call to empty it, so it stays full
+/// when the server idles (`server/src/idle.rs` empties every other cache). 8 MiB (was 32,
+/// and 64 before that): the server's packument cache holds the hot documents themselves,
+/// and at 100,000 packages on two shards 4, 8, 16 and 32 MiB gave the same cold-read rate
+/// (one GET of each document of every package: 60-73k req/s each) and the same publish
+/// storm (3.4-4.0k/s), while 32 MiB kept 64 MiB more RSS after an idle release
+/// (ARCHITECTURE.md, "Idle memory goes back").
+const CACHE_BYTES: usize = 8 * 1024 * 1024;
 
 /// A change to one package, applied by the shard's writer.
 #[derive(Debug)]
