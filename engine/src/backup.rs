@@ -43,8 +43,9 @@ const MANIFEST_VERSION: u32 = 1;
 /// Tables a shard file may hold; any other table stops the backup rather than being lost.
 /// `doc_full` and `doc_abbr` are only in a shard of served format 5 that this build has not
 /// opened yet; they are not copied (opening the restored shard renders its documents again).
-const SHARD_TABLES: [&str; 9] = [
+const SHARD_TABLES: [&str; 10] = [
     "packages",
+    "manifests",
     "served",
     "doc_full",
     "doc_full_gz",
@@ -350,6 +351,7 @@ fn copy_shard(
         .begin_write()
         .map_err(|e| storage_err(target)(e.into()))?;
     let copied = copy_table(snapshot, &txn, ShardStore::TABLE_PACKAGES)
+        .and_then(|()| copy_table(snapshot, &txn, ShardStore::TABLE_MANIFESTS))
         .and_then(|()| copy_table(snapshot, &txn, ShardStore::TABLE_SERVED))
         .and_then(|()| {
             ShardStore::TABLE_DOCS

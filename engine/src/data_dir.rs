@@ -3,7 +3,7 @@
 //! format version is refused with a clear message, never opened.
 //!
 //! Layout of `<home>`:
-//!   format.json        {"format":"agentregistry","format_version":1,"shard_count":N}
+//!   format.json        {"format":"agentregistry","format_version":2,"shard_count":N}
 //!   config.bin         the config record (config_record.rs)
 //!   auth.redb          users and token hashes (auth.rs)
 //!   shards/NNN.redb    one redb file per shard (shard/)
@@ -18,8 +18,13 @@ use serde::{Deserialize, Serialize};
 use crate::blob::{create_dir_durable, sync_dir};
 use crate::shard::ShardId;
 
-/// The data format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The data format this build writes. Version 2: package records may leave their manifests
+/// to rows of the shard's `manifests` table (served format 8), which a build of version 1
+/// would read as manifests. This build reads version 1 too, and marks such a directory 2
+/// when it opens it, before it can write a record of the new kind.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest data format this build reads.
+pub const FORMAT_VERSION_MIN: u32 = 1;
 const FORMAT_NAME: &str = "agentregistry";
 const FORMAT_FILE: &str = "format.json";
 
@@ -36,7 +41,7 @@ pub enum OpenError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error(
-        "{path} has data format version {found}, but this build reads only version {supported}; \
+        "{path} has data format version {found}, but this build reads versions up to {supported}; \
          use a matching agentregistry release (the directory was left untouched)"
     )]
     UnknownFormat {
@@ -71,7 +76,13 @@ impl DataDir {
         create_dir_durable(home).map_err(io_err(home))?;
         let path = home.join(FORMAT_FILE);
         let shard_count = match fs::read(&path) {
-            Ok(bytes) => read_format(&path, &bytes)?,
+            Ok(bytes) => {
+                let (count, version) = read_format(&path, &bytes)?;
+                if version < FORMAT_VERSION {
+                    write_format(home, &path, count).map_err(io_err(&path))?;
+                }
+                count
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let count = u16::try_from(shard_count_new)
                     .ok()
@@ -127,7 +138,8 @@ impl DataDir {
     }
 }
 
-fn read_format(path: &Path, bytes: &[u8]) -> Result<u16, OpenError> {
+/// The shard count and the format version of a format file this build reads.
+fn read_format(path: &Path, bytes: &[u8]) -> Result<(u16, u32), OpenError> {
     let not_ours = |detail: String| OpenError::NotOurs {
         path: path.to_path_buf(),
         detail,
@@ -136,7 +148,7 @@ fn read_format(path: &Path, bytes: &[u8]) -> Result<u16, OpenError> {
     if format.format != FORMAT_NAME {
         return Err(not_ours(format!("format is {:?}", format.format)));
     }
-    if format.format_version != FORMAT_VERSION {
+    if !(FORMAT_VERSION_MIN..=FORMAT_VERSION).contains(&format.format_version) {
         return Err(OpenError::UnknownFormat {
             path: path.to_path_buf(),
             found: format.format_version,
@@ -146,7 +158,7 @@ fn read_format(path: &Path, bytes: &[u8]) -> Result<u16, OpenError> {
     if format.shard_count == 0 {
         return Err(not_ours("shard_count is 0".into()));
     }
-    Ok(format.shard_count)
+    Ok((format.shard_count, format.format_version))
 }
 
 fn write_format(home: &Path, path: &Path, shard_count: u16) -> io::Result<()> {
@@ -194,5 +206,19 @@ mod tests {
         ));
         fs::write(&path, before).unwrap();
         assert!(DataDir::open_or_create(dir.path(), 2).is_ok());
+        // A version-1 directory is read, and marked with the version this build writes.
+        fs::write(
+            &path,
+            br#"{"format":"agentregistry","format_version":1,"shard_count":4}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            DataDir::open_or_create(dir.path(), 2)
+                .unwrap()
+                .shard_count(),
+            4
+        );
+        let marked: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        assert_eq!(marked["format_version"], FORMAT_VERSION);
     }
 }

@@ -181,12 +181,95 @@ impl StoredPackage {
         seal_record(serde_json::to_vec(self).expect("a JSON value tree always serializes"))
     }
 
-    /// Decodes what `encode` wrote.
+    /// Decodes what `encode` (or `encode_split`: then the manifests in rows are still
+    /// `MANIFEST_IN_ROW`, see `manifests_in_rows`) wrote.
     ///
     /// # Errors
     /// The stored bytes are not a valid package record.
     pub fn decode(bytes: &[u8]) -> Result<StoredPackage, serde_json::Error> {
         serde_json::from_slice(&record_json(bytes)?)
+    }
+
+    /// Encodes for storage with each manifest in a row of its own (served format 8): the
+    /// record, where every version's manifest is `MANIFEST_IN_ROW`, and (version, manifest
+    /// JSON) for each version. The record is what `encode` writes otherwise.
+    #[must_use]
+    pub fn encode_split(&self) -> (Vec<u8>, ManifestRows) {
+        let mut rows = Vec::new();
+        let mut out = Vec::with_capacity(4096);
+        out.extend_from_slice(b"{\"rev\":");
+        write_json(&mut out, &self.rev);
+        out.extend_from_slice(b",\"doc\":{");
+        for (i, (key, value)) in self.doc.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_json(&mut out, key);
+            out.push(b':');
+            match value {
+                Value::Object(versions) if key == "versions" => {
+                    out.push(b'{');
+                    for (j, (version, manifest)) in versions.iter().enumerate() {
+                        if j > 0 {
+                            out.push(b',');
+                        }
+                        write_json(&mut out, version);
+                        out.push(b':');
+                        write_json(&mut out, &MANIFEST_IN_ROW);
+                        let mut row = Vec::with_capacity(1024);
+                        write_json(&mut row, manifest);
+                        rows.push((version.clone(), row));
+                    }
+                    out.push(b'}');
+                }
+                _ => write_json(&mut out, value),
+            }
+        }
+        out.extend_from_slice(b"},\"tarballs\":");
+        write_json(&mut out, &self.tarballs);
+        out.push(b'}');
+        (seal_record(out), rows)
+    }
+
+    /// The versions whose manifest the record leaves to a row (`MANIFEST_IN_ROW`). After
+    /// `decode_for_append`, only those among the versions it decoded.
+    #[must_use]
+    pub fn manifests_in_rows(&self) -> Vec<String> {
+        self.versions()
+            .into_iter()
+            .flatten()
+            .filter(|(_, manifest)| is_in_row(manifest))
+            .map(|(version, _)| version.clone())
+            .collect()
+    }
+
+    /// The package a record and its rows (`encode_split`, `KeptVersions::encode_with`)
+    /// stand for (for tests).
+    #[cfg(test)]
+    pub(crate) fn decode_with_rows(record: &[u8], rows: &[(String, Vec<u8>)]) -> StoredPackage {
+        let mut stored = StoredPackage::decode(record).expect("a record decodes");
+        for (version, row) in rows {
+            stored.fill_manifest(version, row).expect("a row decodes");
+        }
+        assert!(stored.manifests_in_rows().is_empty(), "every row given");
+        stored
+    }
+
+    /// Puts `manifest`, read from its row, in place of `MANIFEST_IN_ROW`.
+    ///
+    /// # Errors
+    /// The row is not JSON.
+    pub fn fill_manifest(&mut self, version: &str, row: &[u8]) -> Result<(), serde_json::Error> {
+        let manifest: Value = serde_json::from_slice(row)?;
+        if let Some(slot) = self
+            .doc
+            .get_mut("versions")
+            .and_then(Value::as_object_mut)
+            .and_then(|versions| versions.get_mut(version))
+        {
+            *slot = manifest;
+        }
+        Ok(())
     }
 
     /// One version's manifest with its absolute tarball URL (`GET /NAME/VERSION`).
@@ -336,6 +419,17 @@ impl StoredPackage {
         }
         out.push(b'}');
     }
+}
+
+/// (version, manifest JSON) for rows of the shard's `manifests` table.
+pub type ManifestRows = Vec<(String, Vec<u8>)>;
+
+/// What a record holds in place of a manifest kept in a row of the shard's `manifests`
+/// table (served format 8). A manifest is a JSON object; this number never is one.
+pub const MANIFEST_IN_ROW: u64 = 0;
+
+fn is_in_row(manifest: &Value) -> bool {
+    manifest.as_u64() == Some(MANIFEST_IN_ROW)
 }
 
 /// Writes JSON into a `Vec` (which cannot fail).
@@ -683,15 +777,18 @@ impl KeptVersions {
     }
 
     /// The record of `stored`, planned from `decode_for_append`'s package by appending
-    /// versions: what `StoredPackage::encode` would write for the real package, with the
-    /// kept bytes in place of the placeholders. None when `stored` lost versions or has no
-    /// `versions` object (it was not planned by publishes only).
+    /// versions, and the new versions' manifests as rows: the kept bytes of the old entries
+    /// (inline manifests of earlier builds, or `MANIFEST_IN_ROW`), then each new version with
+    /// `MANIFEST_IN_ROW`, so the record does not grow by a manifest per publish. None when
+    /// `stored` lost versions or has no `versions` object (it was not planned by publishes
+    /// only).
     #[must_use]
-    pub fn encode_with(&self, stored: &StoredPackage) -> Option<Vec<u8>> {
+    pub fn encode_with(&self, stored: &StoredPackage) -> Option<(Vec<u8>, ManifestRows)> {
         let versions = stored.versions()?;
         if versions.len() < self.count {
             return None;
         }
+        let mut rows = Vec::new();
         let mut out = Vec::with_capacity(self.inner.len() + 4096);
         out.extend_from_slice(b"{\"rev\":");
         write_json(&mut out, &stored.rev);
@@ -711,7 +808,10 @@ impl KeptVersions {
                     }
                     write_json(&mut out, version);
                     out.push(b':');
-                    write_json(&mut out, manifest);
+                    write_json(&mut out, &MANIFEST_IN_ROW);
+                    let mut row = Vec::with_capacity(1024);
+                    write_json(&mut row, manifest);
+                    rows.push((version.clone(), row));
                 }
                 out.push(b'}');
             } else {
@@ -721,7 +821,7 @@ impl KeptVersions {
         out.extend_from_slice(b"},\"tarballs\":");
         write_json(&mut out, &stored.tarballs);
         out.push(b'}');
-        Some(seal_record(out))
+        Some((seal_record(out), rows))
     }
 }
 
@@ -1252,7 +1352,10 @@ mod tests {
             let facts = PublishFacts::decode(bytes).unwrap();
             assert_eq!(facts, PublishFacts::of(&stored));
             let (_, kept) = StoredPackage::decode_for_append(bytes, &[]).unwrap();
-            assert_eq!(kept.encode_with(&stored).unwrap(), sealed);
+            assert_eq!(
+                kept.encode_with(&stored).unwrap(),
+                (sealed.clone(), Vec::new())
+            );
         }
         for cut in [5, sealed.len() / 2, sealed.len() - 1] {
             assert!(

@@ -38,6 +38,7 @@ const BASE: &str = "http://127.0.0.1:4873";
 const SHARDS: u16 = 2;
 const PACKAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("packages");
 const SERVED: TableDefinition<&str, &[u8]> = TableDefinition::new("served");
+const MANIFESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("manifests");
 const DOC_ABBR_GZ: TableDefinition<&str, &[u8]> = TableDefinition::new("doc_abbr_gz");
 const DOC_FULL_GZ: TableDefinition<&str, &[u8]> = TableDefinition::new("doc_full_gz");
 const REVS: TableDefinition<&str, u64> = TableDefinition::new("revs");
@@ -347,13 +348,14 @@ fn every_kind_is_detected_and_only_safe_ones_are_repaired() {
         txn.open_table(REVS).unwrap().insert("rev", 99).unwrap();
     });
     edit_shard(&home, "claims", |txn| {
-        let mut packages = txn.open_table(PACKAGES).unwrap();
-        let mut stored =
-            StoredPackage::decode(packages.get("claims").unwrap().unwrap().value()).unwrap();
-        stored.doc["versions"]["1.0.0"]["dist"]["integrity"] =
-            Value::String(integrity::compute(b"other bytes").integrity);
-        packages
-            .insert("claims", stored.encode().as_slice())
+        // The manifest is in its own row (served format 8).
+        let mut manifests = txn.open_table(MANIFESTS).unwrap();
+        let key = "claims\u{0}1.0.0";
+        let mut manifest: Value =
+            serde_json::from_slice(manifests.get(key).unwrap().unwrap().value()).unwrap();
+        manifest["dist"]["integrity"] = Value::String(integrity::compute(b"other bytes").integrity);
+        manifests
+            .insert(key, serde_json::to_vec(&manifest).unwrap().as_slice())
             .unwrap();
     });
     // Leftovers: a temp file; a flipped byte in config slot 1.

@@ -320,6 +320,73 @@ fn older_served_format_is_rerendered_on_open() {
     assert!(f.store.read_index("gone").unwrap().is_none());
 }
 
+/// Served format 8 keeps each manifest in a row of `manifests` and `0` in its place in the
+/// record; records of earlier builds keep every manifest inline. Method: publish, check the
+/// record and the rows; then rewrite the record with its manifests inline and the rows
+/// gone (as an earlier build wrote it), reopen, and check that reads, a further publish (an
+/// append onto inline manifests), a dist-tag change (a full rewrite) and the documents all
+/// give what a fresh encoding gives.
+#[test]
+fn manifests_live_in_rows_and_inline_records_still_read() {
+    use redb::{ReadableDatabase, ReadableTableMetadata};
+    let packages = redb::TableDefinition::<&str, &[u8]>::new("packages");
+    let manifests = redb::TableDefinition::<&str, &[u8]>::new("manifests");
+    let f = Fixture::new();
+    let results = f.apply(vec![
+        publish("a", "1.0.0", b"one"),
+        publish("a", "1.1.0", b"two"),
+    ]);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let stored = f.store.read_stored("a").unwrap().unwrap();
+    assert_eq!(stored.versions().unwrap()["1.1.0"]["version"], "1.1.0");
+    let Fixture { dir, store, blobs } = f;
+    drop(store);
+    {
+        let db = redb::Database::open(dir.path().join("s.redb")).unwrap();
+        let txn = db.begin_read().unwrap();
+        let record = txn.open_table(packages).unwrap();
+        let raw: Value = serde_json::from_slice(record.get("a").unwrap().unwrap().value()).unwrap();
+        assert_eq!(raw["doc"]["versions"]["1.0.0"], 0, "{raw}");
+        let rows = txn.open_table(manifests).unwrap();
+        assert_eq!(rows.len().unwrap(), 2);
+        drop((record, rows, txn));
+        // As an earlier build wrote it: manifests inline, no rows.
+        let txn = db.begin_write().unwrap();
+        txn.open_table(packages)
+            .unwrap()
+            .insert("a", stored.encode().as_slice())
+            .unwrap();
+        txn.delete_table(manifests).unwrap();
+        txn.commit().unwrap();
+    }
+    let store = ShardStore::open(&dir.path().join("s.redb"), ShardId(0), BASE).unwrap();
+    let f = Fixture { dir, store, blobs };
+    assert_eq!(f.store.read_stored("a").unwrap().unwrap(), stored);
+    let results = f.apply(vec![publish("a", "1.2.0", b"three")]);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let grown = f.store.read_stored("a").unwrap().unwrap();
+    assert_eq!(grown.versions().unwrap().len(), 3);
+    assert_eq!(
+        grown.versions().unwrap()["1.0.0"],
+        stored.versions().unwrap()["1.0.0"]
+    );
+    assert_served_like_fresh(&f, "a", &grown);
+    let tag = DistTag::parse("next").unwrap();
+    let results = f.apply(vec![WriteOp::DistTagSet {
+        name: PackageName::parse("a").unwrap(),
+        tag,
+        version: Version::parse("1.0.0").unwrap(),
+        user: "ada".into(),
+    }]);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let tagged = f.store.read_stored("a").unwrap().unwrap();
+    assert_eq!(tagged.dist_tags()["next"], "1.0.0");
+    assert_eq!(tagged.versions(), grown.versions());
+    assert_served_like_fresh(&f, "a", &tagged);
+    let f = f.reopen(BASE);
+    assert_eq!(f.store.read_stored("a").unwrap().unwrap(), tagged);
+}
+
 #[derive(Clone, Debug)]
 enum ModelOp {
     Publish {

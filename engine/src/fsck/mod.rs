@@ -67,7 +67,7 @@ use redb::{Database, ReadableDatabase, TableHandle};
 use serde_json::Value;
 
 use crate::blob::{BlobError, BlobId, BlobStore};
-use crate::data_dir::{DataDir, OpenError, FORMAT_VERSION};
+use crate::data_dir::{DataDir, OpenError, FORMAT_VERSION, FORMAT_VERSION_MIN};
 use crate::shard::{ShardId, ShardStore};
 use FindingKind::{FormatBad, RedbCorrupt};
 
@@ -301,9 +301,12 @@ pub(crate) fn read_format(home: &Path) -> Result<u16, String> {
         return Err(format!("not an AgentRegistry format file: {value}"));
     }
     let version = value.get("format_version").and_then(Value::as_u64);
-    if version != Some(u64::from(FORMAT_VERSION)) {
+    if !version
+        .is_some_and(|v| (u64::from(FORMAT_VERSION_MIN)..=u64::from(FORMAT_VERSION)).contains(&v))
+    {
         return Err(format!(
-            "format_version is {version:?}, this build reads only version {FORMAT_VERSION}"
+            "format_version is {version:?}, this build reads versions {FORMAT_VERSION_MIN} to \
+             {FORMAT_VERSION}"
         ));
     }
     value

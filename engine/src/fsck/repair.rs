@@ -12,7 +12,9 @@ use super::{Ctx, Report, Scan};
 use crate::blob::BlobId;
 use crate::packument::StoredPackage;
 use crate::served::{decode_index, encode_served};
-use crate::shard::tables::{adjust_inline_bytes, ServedTables};
+use crate::shard::tables::{
+    adjust_inline_bytes, fill_manifests, manifest_key, manifest_keys_of, ServedTables,
+};
 use crate::shard::ShardStore;
 
 /// Re-renders served records and rebuilds revs, one write transaction per shard. Each package
@@ -57,12 +59,18 @@ fn rewrite_served<'n>(
     let mut done = Vec::new();
     {
         let mut packages = txn.open_table(ShardStore::TABLE_PACKAGES)?;
+        let mut manifests = txn.open_table(ShardStore::TABLE_MANIFESTS)?;
         let mut served = ServedTables::open(&txn)?;
         let mut revs = txn.open_table(ShardStore::TABLE_REVS)?;
         let mut packages_out = Vec::new();
         for name in names {
             let record = packages.get(name.as_str())?.map(|v| v.value().to_vec());
-            let stored = match record.map(|r| StoredPackage::decode(&r)) {
+            let decoded = record.map(|r| {
+                let mut stored = StoredPackage::decode(&r).map_err(|e| e.to_string())?;
+                fill_manifests(Some(&manifests), name, &mut stored)?;
+                Ok::<_, String>(stored)
+            });
+            let stored = match decoded {
                 // A corrupt record is reported on its own; its derived records stay.
                 Some(Err(_)) => continue,
                 Some(Ok(stored)) => Some(stored),
@@ -73,7 +81,7 @@ fn rewrite_served<'n>(
                     // A new revision, so cores holding the stale record reload it instead of
                     // revalidating it by an unchanged revision.
                     stored.rev += 1;
-                    packages_out.push((name.clone(), stored.encode()));
+                    packages_out.push((name.clone(), stored.encode_split()));
                     served.put(name.as_str(), &encode_served(&stored, base_url))?;
                     revs.insert(name.as_str(), stored.rev)?;
                     done.push((name.clone(), "re-rendered from the package record"));
@@ -85,7 +93,12 @@ fn rewrite_served<'n>(
                 }
             }
         }
-        for (name, bytes) in packages_out {
+        for (name, (bytes, rows)) in packages_out {
+            let keys = manifest_keys_of(&name);
+            manifests.retain_in(keys.start.as_str()..keys.end.as_str(), |_, _| false)?;
+            for (version, row) in rows {
+                manifests.insert(manifest_key(&name, &version).as_str(), row.as_slice())?;
+            }
             packages.insert(name.as_str(), bytes.as_slice())?;
         }
     }

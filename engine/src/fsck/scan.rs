@@ -25,6 +25,7 @@ use crate::packument::StoredPackage;
 use crate::served::{
     decode_doc, decode_index, encode_served, gzip_doc_agrees, identity_doc, DocKind,
 };
+use crate::shard::tables::fill_manifests;
 use crate::shard::ShardStore;
 
 /// Threads that read and hash blobs in parallel.
@@ -153,12 +154,24 @@ fn scan_shard_records(
         });
     }
     let revs = txn.open_table(ShardStore::TABLE_REVS)?;
+    let manifests = match txn.open_table(ShardStore::TABLE_MANIFESTS) {
+        Ok(table) => Some(table),
+        // A shard written before served format 8: every manifest is in its record.
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
     let mut names = BTreeSet::new();
     for entry in packages.iter()? {
         let (key, value) = entry?;
         let name = key.value().to_owned();
         report.checked.packages += 1;
-        let stored = match StoredPackage::decode(value.value()) {
+        let decoded = StoredPackage::decode(value.value())
+            .map_err(|e| e.to_string())
+            .and_then(|mut stored| {
+                fill_manifests(manifests.as_ref(), &name, &mut stored)?;
+                Ok(stored)
+            });
+        let stored = match decoded {
             Ok(stored) => stored,
             Err(e) => {
                 scan.complete = false;

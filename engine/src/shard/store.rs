@@ -16,14 +16,15 @@ use std::time::SystemTime;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::tables::{
-    adjust_inline_bytes, read_inline_bytes, ServedTables, BLOB_INLINE, DOCS, LEGACY_DOCS, META,
-    META_BASE_URL, META_SERVED_FORMAT, PACKAGES, REVS, SERVED,
+    adjust_inline_bytes, fill_manifests, manifest_key, manifest_keys_of, read_inline_bytes,
+    ServedTables, BLOB_INLINE, DOCS, LEGACY_DOCS, MANIFESTS, META, META_BASE_URL,
+    META_SERVED_FORMAT, PACKAGES, REVS, SERVED,
 };
 use super::{ShardId, ShardReader};
 use crate::blob::{self, BlobError, BlobId, BlobStore};
 use crate::limits::{INLINE_BLOB_BYTES_MAX, INLINE_BLOB_SPACE_FACTOR};
 use crate::names::{DistTag, PackageName, Version};
-use crate::packument::{KeptVersions, PublishFacts, StoredPackage};
+use crate::packument::{KeptVersions, ManifestRows, PublishFacts, StoredPackage};
 use crate::publish::{self, Plan, PublishError, PublishRequest};
 use crate::served::{
     doc_rev, encode_appended, encode_served, DocKind, EncodedServed, ServedDoc, ServedIndex,
@@ -285,6 +286,9 @@ impl ShardStore {
         PACKAGES;
     /// The `served` table (indexes), for fsck and backup inside the engine.
     pub(crate) const TABLE_SERVED: TableDefinition<'static, &'static str, &'static [u8]> = SERVED;
+    /// The manifests table (fsck and backup inside the engine).
+    pub(crate) const TABLE_MANIFESTS: TableDefinition<'static, &'static str, &'static [u8]> =
+        MANIFESTS;
     /// The document tables, indexed by `DocKind::stored_index`, for fsck and backup.
     pub(crate) const TABLE_DOCS: [TableDefinition<'static, &'static str, &'static [u8]>; 2] = DOCS;
     /// The `revs` table, for fsck and backup inside the engine.
@@ -329,6 +333,7 @@ impl ShardStore {
         let (url_stale, format_stale) = {
             let mut meta = txn.open_table(META)?;
             txn.open_table(PACKAGES)?;
+            txn.open_table(MANIFESTS)?;
             txn.open_table(REVS)?;
             txn.open_table(BLOB_INLINE)?;
             let stored_url = meta.get(META_BASE_URL)?.map(|v| v.value().to_vec());
@@ -352,6 +357,7 @@ impl ShardStore {
             }
         }
         let packages = txn.open_table(PACKAGES)?;
+        let manifests = txn.open_table(MANIFESTS)?;
         let mut served = ServedTables::open(&txn)?;
         if url_stale || format_stale {
             let mut rendered = 0u64;
@@ -359,6 +365,10 @@ impl ShardStore {
                 let (name, bytes) = entry?;
                 let live = StoredPackage::decode(bytes.value())
                     .ok()
+                    .and_then(|mut s| {
+                        fill_manifests(Some(&manifests), name.value(), &mut s).ok()?;
+                        Some(s)
+                    })
                     .filter(|s| s.versions().is_some_and(|v| !v.is_empty()));
                 if let Some(stored) = live {
                     served.put(name.value(), &encode_served(&stored, base_url))?;
@@ -373,7 +383,7 @@ impl ShardStore {
                 );
             }
         }
-        drop((packages, served));
+        drop((packages, manifests, served));
         txn.commit()?;
         Ok(())
     }
@@ -465,7 +475,20 @@ impl ShardStore {
     /// # Errors
     /// redb errors, or a corrupt record.
     pub fn read_stored(&self, name: &str) -> Result<Option<StoredPackage>, ReadError> {
-        self.read_record(name, StoredPackage::decode)
+        let txn = self.db.begin_read().map_err(|e| self.read_error(e))?;
+        let table = txn.open_table(PACKAGES).map_err(|e| self.read_error(e))?;
+        let Some(value) = table.get(name).map_err(|e| self.read_error(e))? else {
+            return Ok(None);
+        };
+        let corrupt = |detail: String| ReadError::Corrupt {
+            name: name.to_owned(),
+            detail,
+        };
+        let mut stored =
+            StoredPackage::decode(value.value()).map_err(|e| corrupt(e.to_string()))?;
+        let manifests = txn.open_table(MANIFESTS).ok();
+        fill_manifests(manifests.as_ref(), name, &mut stored).map_err(corrupt)?;
+        Ok(Some(stored))
     }
 
     /// What a publish is checked against (`PublishFacts`), read without building the stored
@@ -678,12 +701,15 @@ impl ShardStore {
                 Err(_) => StoredPackage::decode(bytes).map(|stored| (stored, None)),
             }
         })?;
-        Ok(read.map(|(stored, versions)| {
-            if let Some(versions) = versions {
-                kept.insert(name.to_owned(), versions);
-            }
-            stored
-        }))
+        let Some((mut stored, versions)) = read else {
+            return Ok(None);
+        };
+        // Only the manifests the decode kept (tagged, last) are read from their rows.
+        fill_in_txn(txn, name, &mut stored)?;
+        if let Some(versions) = versions {
+            kept.insert(name.to_owned(), versions);
+        }
+        Ok(Some(stored))
     }
 
     /// Applies `ops` in order in one durable transaction (group commit) and returns one result
@@ -1104,7 +1130,27 @@ fn read_in_txn(
     txn: &redb::WriteTransaction,
     name: &str,
 ) -> Result<Option<StoredPackage>, WriteError> {
-    read_in_txn_with(txn, name, StoredPackage::decode)
+    let Some(mut stored) = read_in_txn_with(txn, name, StoredPackage::decode)? else {
+        return Ok(None);
+    };
+    fill_in_txn(txn, name, &mut stored)?;
+    Ok(Some(stored))
+}
+
+/// `fill_manifests` from `txn`'s `manifests`; a missing row is `Corrupt`.
+fn fill_in_txn(
+    txn: &redb::WriteTransaction,
+    name: &str,
+    stored: &mut StoredPackage,
+) -> Result<(), WriteError> {
+    if stored.manifests_in_rows().is_empty() {
+        return Ok(());
+    }
+    let manifests = txn.open_table(MANIFESTS).ok();
+    fill_manifests(manifests.as_ref(), name, stored).map_err(|detail| WriteError::Corrupt {
+        name: name.to_owned(),
+        detail,
+    })
 }
 
 /// `name`'s record in `txn`, decoded by `decode`; an unreadable table or a record `decode`
@@ -1134,6 +1180,11 @@ fn read_in_txn_with<T>(
 struct EncodedPackage {
     name: String,
     record: Vec<u8>,
+    /// Rows to write.
+    rows: ManifestRows,
+    /// Whether `rows` are all of the package's manifests (its other rows are deleted), or
+    /// only its new versions' (an append).
+    all_rows: bool,
     /// The served values, or None for a tombstone (every version unpublished).
     served: Option<(EncodedServed, u64)>,
 }
@@ -1204,25 +1255,26 @@ fn encode_touched(
     let mut failed = HashMap::new();
     for (name, stored) in touched.packages {
         let kept = touched.kept.get(name);
-        let record = match kept {
+        let ((record, rows), all_rows) = match kept {
             Some(kept) => match kept.encode_with(stored) {
-                Some(record) => record,
+                Some(split) => (split, false),
                 None => {
                     failed.insert(name.clone(), "a publish lost versions".to_owned());
                     continue;
                 }
             },
-            None => stored.encode(),
+            None => (stored.encode_split(), true),
         };
         let served = if stored.versions().is_some_and(|v| !v.is_empty()) {
             let served = match (extended(name, stored), kept) {
                 (Some(served), _) => served,
                 (None, None) => encode_served(stored, base_url),
-                // Placeholders cannot be rendered: the whole package, from its new record.
-                (None, Some(_)) => match StoredPackage::decode(&record) {
+                // Placeholders cannot be rendered: the whole package, from its new record,
+                // the new rows and the stored ones.
+                (None, Some(_)) => match full_package(txn, name, &record, &rows) {
                     Ok(full) => encode_served(&full, base_url),
                     Err(e) => {
-                        failed.insert(name.clone(), e.to_string());
+                        failed.insert(name.clone(), e);
                         continue;
                     }
                 },
@@ -1234,16 +1286,48 @@ fn encode_touched(
         encoded.push(EncodedPackage {
             name: name.clone(),
             record,
+            rows,
+            all_rows,
             served,
         });
     }
     (encoded, failed)
 }
 
+/// The package `record` (with manifests in rows) stands for, its manifests read from `rows`
+/// (this batch's) or else from the stored rows.
+fn full_package(
+    txn: &redb::WriteTransaction,
+    name: &str,
+    record: &[u8],
+    rows: &ManifestRows,
+) -> Result<StoredPackage, String> {
+    let mut full = StoredPackage::decode(record).map_err(|e| e.to_string())?;
+    for (version, row) in rows {
+        full.fill_manifest(version, row)
+            .map_err(|e| e.to_string())?;
+    }
+    let manifests = txn.open_table(MANIFESTS).ok();
+    fill_manifests(manifests.as_ref(), name, &mut full)?;
+    Ok(full)
+}
+
 fn write_encoded(
     txn: &redb::WriteTransaction,
     encoded: &[EncodedPackage],
 ) -> Result<(), redb::Error> {
+    let mut manifests = txn.open_table(MANIFESTS)?;
+    for package in encoded {
+        let name = package.name.as_str();
+        if package.all_rows {
+            let keys = manifest_keys_of(name);
+            manifests.retain_in(keys.start.as_str()..keys.end.as_str(), |_, _| false)?;
+        }
+        for (version, row) in &package.rows {
+            manifests.insert(manifest_key(name, version).as_str(), row.as_slice())?;
+        }
+    }
+    drop(manifests);
     let mut packages = txn.open_table(PACKAGES)?;
     let mut served = ServedTables::open(txn)?;
     let mut revs = txn.open_table(REVS)?;

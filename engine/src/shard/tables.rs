@@ -1,6 +1,10 @@
 //! The redb tables of a shard and their encodings. Keys are canonical package names.
 //!
-//! - `packages`: name -> `StoredPackage` (JSON): the source of truth for metadata.
+//! - `packages`: name -> `StoredPackage` (JSON): the source of truth for metadata. Since
+//!   served format 8 a version's manifest is `MANIFEST_IN_ROW` there and its JSON is in
+//!   `manifests`, so a publish writes the new manifest and a record without the old ones
+//!   (records of earlier builds, with manifests inline, are read as they are).
+//! - `manifests`: `name` NUL `version` -> that version's manifest (JSON).
 //! - `served`:   name -> served index (`served.rs`): revision and tarball index.
 //! - `doc_full_gz`, `doc_abbr_gz`: name -> the pre-rendered full and abbreviated documents,
 //!   gzip'd (`served.rs`), in separate tables so a read copies, and redb caches, only the
@@ -27,7 +31,45 @@ pub(crate) const LEGACY_DOCS: [TableDefinition<&str, &[u8]>; 2] = [
     TableDefinition::new("doc_full"),
     TableDefinition::new("doc_abbr"),
 ];
+pub(crate) const MANIFESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("manifests");
 pub(crate) const REVS: TableDefinition<&str, u64> = TableDefinition::new("revs");
+
+/// Puts in place the manifests `stored`'s record leaves to rows
+/// (`StoredPackage::manifests_in_rows`), read from `manifests` (`None`: the shard has no such
+/// table, an older one, whose records keep every manifest inline). A missing or unreadable
+/// row is an error naming the version.
+pub(crate) fn fill_manifests<T: redb::ReadableTable<&'static str, &'static [u8]>>(
+    manifests: Option<&T>,
+    name: &str,
+    stored: &mut crate::packument::StoredPackage,
+) -> Result<(), String> {
+    for version in stored.manifests_in_rows() {
+        let missing = || format!("the manifest of version {version} is missing");
+        let table = manifests.ok_or_else(missing)?;
+        let row = table
+            .get(manifest_key(name, &version).as_str())
+            .map_err(|e| format!("the manifest of version {version}: {e}"))?
+            .ok_or_else(missing)?;
+        stored
+            .fill_manifest(&version, row.value())
+            .map_err(|e| format!("the manifest of version {version}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// `manifests` key of one version of `name` (neither contains NUL).
+pub(crate) fn manifest_key(name: &str, version: &str) -> String {
+    let mut key = String::with_capacity(name.len() + 1 + version.len());
+    key.push_str(name);
+    key.push('\0');
+    key.push_str(version);
+    key
+}
+
+/// The `manifests` keys of every version of `name`: from `name` NUL to `name` U+0001.
+pub(crate) fn manifest_keys_of(name: &str) -> std::ops::Range<String> {
+    format!("{name}\u{0}")..format!("{name}\u{1}")
+}
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub(crate) const BLOB_INLINE: TableDefinition<&[u8; 32], &[u8]> =
     TableDefinition::new("blob_inline");
