@@ -85,7 +85,7 @@ pub struct Core {
     pub basic: RefCell<BasicCache>,
     pub metrics: RefCell<CoreMetrics>,
     date: RefCell<(u64, String)>,
-    /// The shared cache's releases this core has followed (`release_memory`).
+    /// The shared cache's releases this core has followed (`follow_release`).
     releases_followed: Cell<u64>,
 }
 

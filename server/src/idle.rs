@@ -11,7 +11,7 @@
 //!
 //! That last step is needed because mimalloc returns a thread's freed pages to the system
 //! only while that thread runs the allocator: a core that allocates nothing keeps them. The
-//! release runs on each core's own thread (`Core::release_memory`), after the shared cache
+//! release runs on each core's own thread (`Core::follow_release`), after the shared cache
 //! was emptied, so the documents a core allocated are free by the time it collects.
 //!
 //! Worker threads (shard writers, publish preparation, blob reads, auth) allocate too, most
