@@ -195,40 +195,7 @@ impl StoredPackage {
     /// JSON) for each version. The record is what `encode` writes otherwise.
     #[must_use]
     pub fn encode_split(&self) -> (Vec<u8>, ManifestRows) {
-        let mut rows = Vec::new();
-        let mut out = Vec::with_capacity(4096);
-        out.extend_from_slice(b"{\"rev\":");
-        write_json(&mut out, &self.rev);
-        out.extend_from_slice(b",\"doc\":{");
-        for (i, (key, value)) in self.doc.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            write_json(&mut out, key);
-            out.push(b':');
-            match value {
-                Value::Object(versions) if key == "versions" => {
-                    out.push(b'{');
-                    for (j, (version, manifest)) in versions.iter().enumerate() {
-                        if j > 0 {
-                            out.push(b',');
-                        }
-                        write_json(&mut out, version);
-                        out.push(b':');
-                        write_json(&mut out, &MANIFEST_IN_ROW);
-                        let mut row = Vec::with_capacity(1024);
-                        write_json(&mut row, manifest);
-                        rows.push((version.clone(), row));
-                    }
-                    out.push(b'}');
-                }
-                _ => write_json(&mut out, value),
-            }
-        }
-        out.extend_from_slice(b"},\"tarballs\":");
-        write_json(&mut out, &self.tarballs);
-        out.push(b'}');
-        (seal_record(out), rows)
+        encode_record_split(self, "", 0)
     }
 
     /// The versions whose manifest the record leaves to a row (`MANIFEST_IN_ROW`). After
@@ -430,6 +397,47 @@ pub const MANIFEST_IN_ROW: u64 = 0;
 
 fn is_in_row(manifest: &Value) -> bool {
     manifest.as_u64() == Some(MANIFEST_IN_ROW)
+}
+
+/// The record of `stored` with the manifests of its versions from position `from` on
+/// written as `MANIFEST_IN_ROW` and returned as rows; `kept`, the text of the first `from`
+/// entries of `versions` as a record held them, stands for those.
+fn encode_record_split(stored: &StoredPackage, kept: &str, from: usize) -> (Vec<u8>, ManifestRows) {
+    let mut rows = Vec::new();
+    let mut out = Vec::with_capacity(kept.len() + 4096);
+    out.extend_from_slice(b"{\"rev\":");
+    write_json(&mut out, &stored.rev);
+    out.extend_from_slice(b",\"doc\":{");
+    for (i, (key, value)) in stored.doc.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_json(&mut out, key);
+        out.push(b':');
+        match value {
+            Value::Object(versions) if key == "versions" => {
+                out.push(b'{');
+                out.extend_from_slice(kept.as_bytes());
+                for (j, (version, manifest)) in versions.iter().enumerate().skip(from) {
+                    if j > 0 {
+                        out.push(b',');
+                    }
+                    write_json(&mut out, version);
+                    out.push(b':');
+                    write_json(&mut out, &MANIFEST_IN_ROW);
+                    let mut row = Vec::with_capacity(1024);
+                    write_json(&mut row, manifest);
+                    rows.push((version.clone(), row));
+                }
+                out.push(b'}');
+            }
+            _ => write_json(&mut out, value),
+        }
+    }
+    out.extend_from_slice(b"},\"tarballs\":");
+    write_json(&mut out, &stored.tarballs);
+    out.push(b'}');
+    (seal_record(out), rows)
 }
 
 /// Writes JSON into a `Vec` (which cannot fail).
@@ -788,40 +796,7 @@ impl KeptVersions {
         if versions.len() < self.count {
             return None;
         }
-        let mut rows = Vec::new();
-        let mut out = Vec::with_capacity(self.inner.len() + 4096);
-        out.extend_from_slice(b"{\"rev\":");
-        write_json(&mut out, &stored.rev);
-        out.extend_from_slice(b",\"doc\":{");
-        for (i, (key, value)) in stored.doc.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            write_json(&mut out, key);
-            out.push(b':');
-            if key == "versions" {
-                out.push(b'{');
-                out.extend_from_slice(self.inner.as_bytes());
-                for (j, (version, manifest)) in versions.iter().enumerate().skip(self.count) {
-                    if j > 0 {
-                        out.push(b',');
-                    }
-                    write_json(&mut out, version);
-                    out.push(b':');
-                    write_json(&mut out, &MANIFEST_IN_ROW);
-                    let mut row = Vec::with_capacity(1024);
-                    write_json(&mut row, manifest);
-                    rows.push((version.clone(), row));
-                }
-                out.push(b'}');
-            } else {
-                write_json(&mut out, value);
-            }
-        }
-        out.extend_from_slice(b"},\"tarballs\":");
-        write_json(&mut out, &stored.tarballs);
-        out.push(b'}');
-        Some((seal_record(out), rows))
+        Some(encode_record_split(stored, &self.inner, self.count))
     }
 }
 

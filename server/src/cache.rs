@@ -729,6 +729,15 @@ mod tests {
             }
         }
 
+        /// A fixture holding packages `p0` .. `p{count - 1}`, one version each.
+        fn with_packages(count: usize) -> Fixture {
+            let f = Fixture::new();
+            for i in 0..count {
+                f.publish(&format!("p{i}"), "1.0.0");
+            }
+            f
+        }
+
         fn publish(&self, name: &str, version: &str) {
             let tarball = format!("{name}@{version}").into_bytes();
             let serde_json::Value::Object(manifest) =
@@ -809,10 +818,7 @@ mod tests {
 
     #[test]
     fn misses_reuse_one_read_transaction_until_a_commit() {
-        let f = Fixture::new();
-        for i in 0..10 {
-            f.publish(&format!("p{i}"), "1.0.0");
-        }
+        let f = Fixture::with_packages(10);
         let shared = Arc::new(SharedPackages::new(1 << 20));
         let mut core = PackageCache::new(Arc::clone(&shared));
         for i in 0..10 {
@@ -837,10 +843,7 @@ mod tests {
     /// prefetch layouts pointing at no table, and the next reads load the same values again.
     #[test]
     fn clearing_empties_the_cache_and_reads_load_again() {
-        let f = Fixture::new();
-        for i in 0..50 {
-            f.publish(&format!("p{i}"), "1.0.0");
-        }
+        let f = Fixture::with_packages(50);
         let shared = Arc::new(SharedPackages::new(1 << 20));
         let mut core = PackageCache::new(Arc::clone(&shared));
         let read = |core: &mut PackageCache| -> Vec<(CachedDoc, u64)> {
@@ -888,10 +891,7 @@ mod tests {
 
     #[test]
     fn the_budget_holds() {
-        let f = Fixture::new();
-        for i in 0..300 {
-            f.publish(&format!("p{i}"), "1.0.0");
-        }
+        let f = Fixture::with_packages(300);
         let budget = 64 * 1024;
         let shared = Arc::new(SharedPackages::new(budget));
         let mut core0 = PackageCache::new(Arc::clone(&shared));
