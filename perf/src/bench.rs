@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use crate::corpus;
 use crate::http::Target;
-use crate::loadgen::{self, Driver, PublishSource, Source};
+use crate::loadgen::{self, Driver, FixedRequests, PublishSource, Source};
 use crate::procstat::{self, CpuWindow};
 use crate::swarm;
 
@@ -327,7 +327,7 @@ pub(crate) fn run(ctx: &RunCtx<'_>, spec: &Spec) -> Result<Row> {
     } else {
         let requests = requests_for(spec.workload, ctx.target, ctx.set);
         anyhow::ensure!(!requests.is_empty(), "no packages to request");
-        Source::Fixed(Arc::new(requests))
+        Source::Fixed(Arc::new(FixedRequests::new(&requests)?))
     };
     let plan = loadgen::Plan {
         addr: ctx.target.addr,
