@@ -18,10 +18,8 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use engine::blob::{BlobId, BlobStore};
-use engine::integrity;
-use engine::names::{PackageName, Version};
-use engine::publish::{NewVersion, PublishRequest};
+use engine::blob::BlobStore;
+use engine::fixture;
 use engine::served::DocKind;
 use engine::shard::{ShardId, ShardStore, WriteOp};
 use serde_json::Value;
@@ -51,19 +49,7 @@ fn fill(store: &ShardStore, blobs: &BlobStore, count: usize) {
                 let mut manifest = template.manifest.clone();
                 manifest.insert("name".into(), Value::String(name.clone()));
                 WriteOp::Publish {
-                    request: PublishRequest {
-                        name: PackageName::parse(name).expect("valid name"),
-                        versions: vec![NewVersion {
-                            version: Version::parse("1.0.4").expect("valid version"),
-                            manifest,
-                            blob: BlobId::of(&tarball),
-                            checksums: integrity::compute(&tarball),
-                            file_count: 1,
-                            unpacked_size: tarball.len() as u64,
-                            tarball,
-                        }],
-                        dist_tags: Vec::new(),
-                    },
+                    request: fixture::one_version(name, "1.0.4", manifest, tarball),
                     user: benches::USER.to_owned(),
                 }
             })

@@ -20,6 +20,7 @@ pub mod blob;
 pub mod config_record;
 pub mod data_dir;
 pub mod error;
+pub mod fixture;
 pub mod fsck;
 pub mod integrity;
 pub mod limits;

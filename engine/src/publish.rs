@@ -971,20 +971,11 @@ mod tests {
             unreachable!()
         };
         PublishRequest {
-            name: PackageName::parse("a").unwrap(),
-            versions: vec![NewVersion {
-                version: Version::parse(version).unwrap(),
-                manifest,
-                blob: BlobId::of(&tarball),
-                checksums: integrity::compute(&tarball),
-                file_count: 1,
-                unpacked_size: tarball.len() as u64,
-                tarball,
-            }],
             dist_tags: tags
                 .iter()
                 .map(|(t, v)| (DistTag::parse(t).unwrap(), Version::parse(v).unwrap()))
                 .collect(),
+            ..crate::fixture::one_version("a", version, manifest, tarball)
         }
     }
 

@@ -23,12 +23,11 @@ use engine::backup;
 use engine::blob::{BlobId, BlobStore};
 use engine::config_record::{ConfigFile, ConfigRecord};
 use engine::data_dir::DataDir;
+use engine::fixture;
 use engine::fsck::{self, FindingKind, FsckError, Report};
 use engine::integrity;
 use engine::limits::INLINE_BLOB_BYTES_MAX;
-use engine::names::{PackageName, Version};
 use engine::packument::StoredPackage;
-use engine::publish::{NewVersion, PublishRequest};
 use engine::served::DocKind;
 use engine::shard::{shard_for, ShardId, ShardStore, WriteOp};
 use redb::{ReadableTable, TableDefinition};
@@ -66,20 +65,7 @@ fn publish_bytes(name: &str, version: &str, bytes: Vec<u8>) -> WriteOp {
         unreachable!()
     };
     WriteOp::Publish {
-        request: PublishRequest {
-            name: PackageName::parse(name).unwrap(),
-            versions: vec![NewVersion {
-                version: Version::parse(version).unwrap(),
-                manifest,
-                blob: BlobId::of(&bytes),
-                checksums: integrity::compute(&bytes),
-                // The store takes these as parsed; it never reads the tarball.
-                file_count: 1,
-                unpacked_size: bytes.len() as u64,
-                tarball: bytes,
-            }],
-            dist_tags: Vec::new(),
-        },
+        request: fixture::one_version(name, version, manifest, bytes),
         user: "ada".into(),
     }
 }

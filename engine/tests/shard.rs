@@ -8,10 +8,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
 
 use engine::blob::{BlobError, BlobId, BlobStore};
+use engine::fixture;
 use engine::integrity;
 use engine::limits::INLINE_BLOB_BYTES_MAX;
 use engine::names::{DistTag, PackageName, Version};
-use engine::publish::{NewVersion, PublishError, PublishRequest};
+use engine::publish::{PublishError, PublishRequest};
 use engine::served::DocKind;
 use engine::shard::{
     ReadError, ShardId, ShardReader, ShardStore, WriteError, WriteOp, WriteOutcome,
@@ -23,26 +24,10 @@ use serde_json::{json, Value};
 const BASE: &str = "http://127.0.0.1:4873";
 
 fn request(name: &str, version: &str, tarball: &[u8]) -> PublishRequest {
-    let name = PackageName::parse(name).unwrap();
-    let version = Version::parse(version).unwrap();
-    let Value::Object(manifest) = json!({"name": name.as_str(), "version": version.as_str()})
-    else {
+    let Value::Object(manifest) = json!({"name": name, "version": version}) else {
         unreachable!()
     };
-    PublishRequest {
-        name,
-        versions: vec![NewVersion {
-            version,
-            manifest,
-            tarball: tarball.to_vec(),
-            blob: BlobId::of(tarball),
-            checksums: integrity::compute(tarball),
-            // The store takes these as parsed; it never reads the tarball.
-            file_count: 1,
-            unpacked_size: tarball.len() as u64,
-        }],
-        dist_tags: Vec::new(),
-    }
+    fixture::one_version(name, version, manifest, tarball.to_vec())
 }
 
 fn publish(name: &str, version: &str, tarball: &[u8]) -> WriteOp {

@@ -701,10 +701,8 @@ impl RebasedCache {
 mod tests {
     use std::time::SystemTime;
 
-    use engine::blob::{BlobId, BlobStore};
-    use engine::integrity;
-    use engine::names::{PackageName, Version};
-    use engine::publish::{NewVersion, PublishRequest};
+    use engine::blob::BlobStore;
+    use engine::fixture;
     use engine::shard::{ShardId, WriteOp};
 
     use super::*;
@@ -745,21 +743,8 @@ mod tests {
             else {
                 unreachable!()
             };
-            let request = PublishRequest {
-                name: PackageName::parse(name).unwrap(),
-                versions: vec![NewVersion {
-                    version: Version::parse(version).unwrap(),
-                    manifest,
-                    blob: BlobId::of(&tarball),
-                    checksums: integrity::compute(&tarball),
-                    file_count: 1,
-                    unpacked_size: tarball.len() as u64,
-                    tarball,
-                }],
-                dist_tags: Vec::new(),
-            };
             let op = WriteOp::Publish {
-                request,
+                request: fixture::one_version(name, version, manifest, tarball),
                 user: "ada".into(),
             };
             let results = self
