@@ -85,9 +85,8 @@ impl Config {
         if !(1..=256).contains(&cores) {
             return Err(format!("--cores must be between 1 and 256, got {cores}"));
         }
-        let shards_new = raw
-            .shards
-            .unwrap_or(u32::try_from(cores_available).unwrap_or(1));
+        // One shard, so one writer, per core: see ARCHITECTURE.md, "One shard per core".
+        let shards_new = raw.shards.unwrap_or(u32::try_from(cores).unwrap_or(1));
         if let Some(url) = &raw.public_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(format!(
@@ -135,6 +134,28 @@ mod tests {
         for (cpus, cores) in table {
             assert_eq!(default_cores(cpus), cores, "{cpus} CPUs");
         }
+    }
+
+    /// A new data directory gets one shard per core unless `--shards` says otherwise.
+    #[test]
+    fn shards_default_to_the_cores() {
+        let config = |cores, shards| {
+            Config::validate(RawConfig {
+                home: Some("/nonexistent".into()),
+                cores,
+                shards,
+                ..RawConfig::default()
+            })
+            .unwrap()
+        };
+        assert_eq!(config(Some(3), None).shards_new, 3);
+        assert_eq!(config(Some(3), Some(5)).shards_new, 5);
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!(
+            config(None, None).shards_new as usize,
+            default_cores(cpus),
+            "the default follows the default cores"
+        );
     }
 
     /// The packument cache follows the CPUs, not `--cores`: fewer cores than CPUs keep the

@@ -36,7 +36,7 @@ enum Command {
         /// Number of cores (event loops) [default: half the CPUs, at least 1].
         #[arg(long, env = "AGENTREGISTRY_CORES")]
         cores: Option<usize>,
-        /// Shards for a new data directory [default: number of CPUs]; fixed once created.
+        /// Shards for a new data directory [default: --cores]; fixed once created.
         #[arg(long, env = "AGENTREGISTRY_SHARDS")]
         shards: Option<u32>,
         /// I/O driver: io_uring with automatic epoll fallback, or one of them only.
