@@ -30,7 +30,7 @@ use engine::limits::INLINE_BLOB_BYTES_MAX;
 use engine::packument::StoredPackage;
 use engine::served::DocKind;
 use engine::shard::{shard_for, ShardId, ShardStore, WriteOp};
-use redb::{ReadableTable, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::{json, Value};
 
 const BASE: &str = "http://127.0.0.1:4873";
@@ -440,6 +440,76 @@ fn every_kind_is_detected_and_only_safe_ones_are_repaired() {
         .read_rev("rev")
         .unwrap();
     assert_eq!(rev, Some(2));
+}
+
+/// A manifest row no record names (a stray version of a live package, and a row of a name
+/// with no record) is reported; `--repair` writes the package's rows again from its record and
+/// deletes the rows of the name without one; the package still reads as before.
+#[test]
+fn orphan_manifest_rows_are_found_and_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let open = Open::new(&home);
+    open.publish_small(&["kept", "fine"]);
+    let before = open.contents();
+    drop(open);
+    let row = br#"{"name":"kept","version":"9.9.9"}"#;
+    edit_shard(&home, "kept", |txn| {
+        let mut manifests = txn.open_table(MANIFESTS).unwrap();
+        manifests.insert("kept\u{0}9.9.9", &row[..]).unwrap();
+    });
+    edit_shard(&home, "ghost", |txn| {
+        let mut manifests = txn.open_table(MANIFESTS).unwrap();
+        manifests.insert("ghost\u{0}1.0.0", &row[..]).unwrap();
+    });
+
+    let found = offline(&home, false);
+    assert_eq!(
+        kinds(&found),
+        [(FindingKind::OrphanManifest, 2)].into(),
+        "{}",
+        found.render_text()
+    );
+    let mut orphans = subjects(&found, FindingKind::OrphanManifest);
+    orphans.sort();
+    assert_eq!(orphans, ["ghost@1.0.0", "kept@9.9.9"]);
+    assert!(found.findings.iter().all(|f| f.repaired.is_none()));
+
+    let repaired = offline(&home, true);
+    assert!(
+        repaired.findings.iter().all(|f| f.repaired.is_some()),
+        "{}",
+        repaired.render_text()
+    );
+    let after = offline(&home, false);
+    assert!(after.is_clean(), "{}", after.render_text());
+    for (owner, key) in [("kept", "kept\u{0}9.9.9"), ("ghost", "ghost\u{0}1.0.0")] {
+        let db = redb::Database::open(shard_file(&home, owner)).unwrap();
+        let txn = db.begin_read().unwrap();
+        let manifests = txn.open_table(MANIFESTS).unwrap();
+        assert!(
+            manifests.get(key).unwrap().is_none(),
+            "{key} is still there"
+        );
+        let kept = manifests.get("kept\u{0}1.0.0").unwrap();
+        if owner == "kept" {
+            assert!(kept.is_some(), "the named row was deleted");
+        }
+    }
+    let open = Open::new(&home);
+    let contents = open.contents();
+    assert_eq!(contents.keys().collect::<Vec<_>>(), ["fine", "kept"]);
+    for (name, (full, tarball)) in &before {
+        let (full_after, tarball_after) = &contents[name];
+        assert_eq!(tarball, tarball_after);
+        let doc = |bytes: &[u8]| -> Value {
+            let mut doc: Value = serde_json::from_slice(bytes).unwrap();
+            // The repair renders the package under a new revision.
+            doc.as_object_mut().unwrap().remove("_rev");
+            doc
+        };
+        assert_eq!(doc(full), doc(full_after), "{name}");
+    }
 }
 
 #[test]

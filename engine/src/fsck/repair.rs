@@ -1,4 +1,4 @@
-//! Repairs: served records and revs re-derived from the package records, temp files deleted,
+//! Repairs: served records, revs and manifest rows re-derived from the package records, temp files deleted,
 //! orphan blob files deleted behind the write barrier, inline orphans deleted in their shard's
 //! write transaction (see `fsck/mod.rs`).
 
@@ -89,6 +89,10 @@ fn rewrite_served<'n>(
                 None => {
                     served.remove(name.as_str())?;
                     revs.remove(name.as_str())?;
+                    // No live version: no manifest row is named (an unpublished package's
+                    // record names none either).
+                    let keys = manifest_keys_of(name);
+                    manifests.retain_in(keys.start.as_str()..keys.end.as_str(), |_, _| false)?;
                     done.push((name.clone(), "removed (no live package)"));
                 }
             }

@@ -22,6 +22,8 @@ pub enum FindingKind {
     StaleServed,
     /// A `revs` entry that disagrees with the package record.
     RevsMismatch,
+    /// A row of the `manifests` table that no package record names (`name@version`).
+    OrphanManifest,
     /// A blob no version and no served record names.
     OrphanBlob,
     /// A leftover temp file.
@@ -52,6 +54,7 @@ impl FindingKind {
             FindingKind::CorruptPackage => "corrupt_package",
             FindingKind::StaleServed => "stale_served",
             FindingKind::RevsMismatch => "revs_mismatch",
+            FindingKind::OrphanManifest => "orphan_manifest",
             FindingKind::OrphanBlob => "orphan_blob",
             FindingKind::TempFile => "temp_file",
             FindingKind::RedbCorrupt => "redb_corrupt",

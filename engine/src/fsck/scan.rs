@@ -13,8 +13,8 @@ use redb::{ReadableDatabase, ReadableTable};
 use serde_json::Value;
 
 use super::report::FindingKind::{
-    CorruptBlob, CorruptPackage, IntegrityMismatch, MissingBlob, OrphanBlob, RedbCorrupt,
-    RevsMismatch, StaleServed, TempFile,
+    CorruptBlob, CorruptPackage, IntegrityMismatch, MissingBlob, OrphanBlob, OrphanManifest,
+    RedbCorrupt, RevsMismatch, StaleServed, TempFile,
 };
 use super::{
     Ctx, Expect, FindingKind, InlineOrphan, Phase, Progress, Report, Scan, ShardView, ONLINE_GRACE,
@@ -25,7 +25,7 @@ use crate::packument::StoredPackage;
 use crate::served::{
     decode_doc, decode_index, encode_served, gzip_doc_agrees, identity_doc, DocKind,
 };
-use crate::shard::tables::fill_manifests;
+use crate::shard::tables::{fill_manifests, manifest_keys_of};
 use crate::shard::ShardStore;
 
 /// Threads that read and hash blobs in parallel.
@@ -165,9 +165,11 @@ fn scan_shard_records(
         let (key, value) = entry?;
         let name = key.value().to_owned();
         report.checked.packages += 1;
+        let mut in_rows = Vec::new();
         let decoded = StoredPackage::decode(value.value())
             .map_err(|e| e.to_string())
             .and_then(|mut stored| {
+                in_rows = stored.manifests_in_rows();
                 fill_manifests(manifests.as_ref(), &name, &mut stored)?;
                 Ok(stored)
             });
@@ -194,11 +196,37 @@ fn scan_shard_records(
             }
         }
         let rev = revs.get(name.as_str())?.map(|v| v.value());
-        let found = check_package(shard, &name, &stored, &values, rev, scan, report);
+        let mut found = check_package(shard, &name, &stored, &values, rev, scan, report);
+        if let Some(manifests) = &manifests {
+            let keys = manifest_keys_of(&name);
+            for entry in manifests.range(keys.start.as_str()..keys.end.as_str())? {
+                let (key, _) = entry?;
+                let version = key.value().get(name.len() + 1..).unwrap_or_default();
+                if !in_rows.iter().any(|v| v == version) {
+                    let subject = format!("{name}@{version}");
+                    let detail = "a manifest row the package record does not name".into();
+                    found.push(report.push(OrphanManifest, &subject, detail));
+                }
+            }
+        }
         if !found.is_empty() {
             fixes.insert(name.clone(), found);
         }
         names.insert(name);
+    }
+    // Rows of names with no record at all (rows of a package whose record does not decode are
+    // not judged: that record may name them).
+    if let Some(manifests) = &manifests {
+        for entry in manifests.iter()? {
+            let (key, _) = entry?;
+            let key = key.value();
+            let (name, version) = key.split_once('\0').unwrap_or((key, ""));
+            if !names.contains(name) {
+                let detail = "a manifest row of a package that has no record".into();
+                let i = report.push(OrphanManifest, format!("{name}@{version}"), detail);
+                fixes.entry(name.to_owned()).or_default().push(i);
+            }
+        }
     }
     for entry in served.iter()? {
         let (key, value) = entry?;
@@ -230,7 +258,7 @@ fn scan_shard_records(
             fixes.entry(name.to_owned()).or_default().push(i);
         }
     }
-    drop((packages, served, docs, revs));
+    drop((packages, served, docs, revs, manifests));
     Ok(txn)
 }
 
