@@ -7,7 +7,8 @@
 //! - per shard, in one MVCC read transaction: every package record decodes, and its
 //!   `versions` and tarball index agree; its served record is exactly what rendering the
 //!   package for the shard's base URL gives (same rev, same bytes); `revs` holds its rev; no
-//!   served record or rev exists without a live package;
+//!   served record or rev exists without a live package; every manifest row is one its
+//!   package's record keeps in a row;
 //! - every blob a version or a served record names exists (inline in the package's shard, or
 //!   as a file), hashes to its blake3 name, has the indexed size, and matches the version's
 //!   `dist.integrity` and `dist.shasum`. Inline blobs are checked in the shard's read
@@ -19,11 +20,11 @@
 //! - both slots of the config record decode and agree.
 //!
 //! Repair (`repair: true`) does only what cannot lose data, and says on each finding what it
-//! did: it re-renders stale served records and rebuilds `revs` from the package records (one
-//! write transaction per shard, re-reading every package inside it), deletes temp files and
-//! orphan blobs, and rewrites a bad config slot from the good one. It never deletes a package
-//! record or a referenced blob: a missing or corrupt referenced blob, a corrupt package record
-//! and redb corruption are reported, never "repaired" away.
+//! did: it re-renders stale served records and rebuilds `revs` and manifest rows from the
+//! package records (one write transaction per shard, re-reading every package inside it),
+//! deletes temp files and orphan blobs, and rewrites a bad config slot from the good one. It
+//! never deletes a package record or a referenced blob: a missing or corrupt referenced
+//! blob, a corrupt package record and redb corruption are reported, never "repaired" away.
 //!
 //! Inline orphans are deleted per shard, in a write transaction that re-reads that shard's
 //! references and commits the deletion: an inline blob is written in the same transaction as

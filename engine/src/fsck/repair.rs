@@ -1,6 +1,6 @@
-//! Repairs: served records, revs and manifest rows re-derived from the package records, temp files deleted,
-//! orphan blob files deleted behind the write barrier, inline orphans deleted in their shard's
-//! write transaction (see `fsck/mod.rs`).
+//! Repairs: served records, revs and manifest rows re-derived from the package records, temp
+//! files deleted, orphan blob files deleted behind the write barrier, inline orphans deleted
+//! in their shard's write transaction (see `fsck/mod.rs`).
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
