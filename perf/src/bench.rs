@@ -427,14 +427,20 @@ pub(crate) fn table_line(row: &Row) -> String {
 }
 
 /// AgentRegistry's writer counters from `GET /-/metrics` (Prometheus text): publishes made
-/// durable, group commits, and the cumulative commit-duration p50 and p99 in ms.
+/// durable, group commits, the cumulative commit-duration p50 and p99 in ms, and the seconds
+/// group commits spent in each phase (plan, encode, write, commit; zeros from a server that
+/// does not report them).
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct WriterMetrics {
     pub(crate) publishes: f64,
     pub(crate) commits: f64,
     pub(crate) commit_p50_ms: f64,
     pub(crate) commit_p99_ms: f64,
+    pub(crate) phases_s: [f64; 4],
 }
+
+/// Names of the phases in `WriterMetrics::phases_s`, as the server labels them.
+pub(crate) const COMMIT_PHASES: [&str; 4] = ["plan", "encode", "write", "commit"];
 
 pub(crate) fn writer_metrics(target: &Target) -> Option<WriterMetrics> {
     let mut conn = crate::http::Conn::new(target);
@@ -462,6 +468,12 @@ pub(crate) fn writer_metrics(target: &Target) -> Option<WriterMetrics> {
         )
         .unwrap_or(0.0)
             * 1e3,
+        phases_s: COMMIT_PHASES.map(|phase| {
+            value(&format!(
+                "agentregistry_commit_phase_seconds_total{{phase=\"{phase}\"}} "
+            ))
+            .unwrap_or(0.0)
+        }),
     })
 }
 

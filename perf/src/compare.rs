@@ -189,6 +189,19 @@ pub(crate) fn run(opts: &CompareOpts) -> Result<()> {
                         a.commit_p50_ms,
                         a.commit_p99_ms
                     ));
+                    if publishes > 0.0 {
+                        let split: Vec<String> = bench::COMMIT_PHASES
+                            .iter()
+                            .zip(a.phases_s.iter().zip(b.phases_s))
+                            .map(|(name, (after, before))| {
+                                format!("{name} {:.0}", (after - before) / publishes * 1e6)
+                            })
+                            .collect();
+                        row.note.push_str(&format!(
+                            "; writer time per publish (us): {}",
+                            split.join(", ")
+                        ));
+                    }
                 }
                 println!("{}", bench::table_line(&row));
                 if !row.note.is_empty() {

@@ -158,6 +158,8 @@ pub struct WriterMetrics {
     pub refused: u64,
     pub commit: Histogram<u64>,
     pub commit_sum_us: u64,
+    /// Microseconds spent in each phase of the group commits (`BatchPhases::NAMES`).
+    pub phases_us: [u64; 4],
 }
 
 impl Default for WriterMetrics {
@@ -169,6 +171,7 @@ impl Default for WriterMetrics {
             refused: 0,
             commit: histogram(),
             commit_sum_us: 0,
+            phases_us: [0; 4],
         }
     }
 }
@@ -181,6 +184,9 @@ impl WriterMetrics {
         self.refused += other.refused;
         let _ = self.commit.add(&other.commit);
         self.commit_sum_us += other.commit_sum_us;
+        for (total, phase) in self.phases_us.iter_mut().zip(other.phases_us) {
+            *total += phase;
+        }
     }
 }
 
@@ -405,6 +411,20 @@ fn render_writers(out: &mut String, w: &WriterMetrics) {
             "writer=\"all\"",
             &w.commit,
             w.commit_sum_us,
+        );
+    }
+    header(
+        out,
+        "commit_phase_seconds_total",
+        "Time group commits spent in each phase: plan (read records, plan ops, check space), \
+         encode (records and documents), write (table inserts), commit (page writes, fsyncs).",
+        "counter",
+    );
+    for (name, us) in engine::shard::BatchPhases::NAMES.iter().zip(w.phases_us) {
+        let _ = writeln!(
+            out,
+            "agentregistry_commit_phase_seconds_total{{phase=\"{name}\"}} {:.6}",
+            us as f64 / 1e6
         );
     }
 }

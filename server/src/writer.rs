@@ -406,9 +406,12 @@ fn apply_group(
         replies.push(reply);
     }
     metrics.ops += ops.len() as u64;
-    let results = shard.apply_batch(ops, blobs, SystemTime::now());
+    let (results, phases) = shard.apply_batch_timed(ops, blobs, SystemTime::now());
     let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     metrics.batches += 1;
+    for (total, phase) in metrics.phases_us.iter_mut().zip(phases.as_array()) {
+        *total += phase;
+    }
     metrics.commit.saturating_record(micros.max(1));
     metrics.commit_sum_us += micros;
     for (reply, result) in replies.into_iter().zip(results) {

@@ -2310,6 +2310,28 @@ fn metrics_scrape_counts_requests_and_publishes() {
     has("agentregistry_publishes_total 1");
     has("agentregistry_request_duration_seconds{route=\"packument\",quantile=\"0.99\"}");
     has("agentregistry_commit_duration_seconds_count{writer=\"all\"} 1");
+    // The phases of that one group commit: each present, the commit's own (page writes and
+    // fsyncs) not zero, and together no longer than the whole group.
+    let sample = |prefix: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("missing {prefix:?} in\n{text}"))
+    };
+    let phases: Vec<f64> = ["plan", "encode", "write", "commit"]
+        .iter()
+        .map(|p| {
+            sample(&format!(
+                "agentregistry_commit_phase_seconds_total{{phase=\"{p}\"}} "
+            ))
+        })
+        .collect();
+    assert!(phases[3] > 0.0, "commit phase {phases:?}");
+    let group = sample("agentregistry_commit_duration_seconds_sum{writer=\"all\"} ");
+    assert!(
+        phases.iter().sum::<f64>() <= group + 1e-5,
+        "phases {phases:?} longer than the group's {group}"
+    );
     has("agentregistry_io_driver{core=\"0\",driver=");
     has("agentregistry_config_generation ");
     let again = server.get("/-/metrics");

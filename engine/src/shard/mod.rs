@@ -8,7 +8,7 @@ mod store;
 pub(crate) mod tables;
 
 pub use reader::ShardReader;
-pub use store::{FreeSpace, ReadError, ShardStore, WriteError, WriteOp, WriteOutcome};
+pub use store::{BatchPhases, FreeSpace, ReadError, ShardStore, WriteError, WriteOp, WriteOutcome};
 
 /// Begins a write transaction that commits in two phases: the new pages are written and
 /// fsynced, then the header that points at them is written and fsynced.

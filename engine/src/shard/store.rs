@@ -723,6 +723,28 @@ impl ShardStore {
         blobs: &BlobStore,
         now: SystemTime,
     ) -> Vec<Result<WriteOutcome, WriteError>> {
+        self.apply_batch_timed(ops, blobs, now).0
+    }
+
+    /// `apply_batch`, and how long each of its phases took (for the writer's metrics).
+    pub fn apply_batch_timed(
+        &self,
+        ops: Vec<WriteOp>,
+        blobs: &BlobStore,
+        now: SystemTime,
+    ) -> (Vec<Result<WriteOutcome, WriteError>>, BatchPhases) {
+        let mut clock = PhaseClock::start();
+        let results = self.apply_batch_in(ops, blobs, now, &mut clock);
+        (results, clock.finish())
+    }
+
+    fn apply_batch_in(
+        &self,
+        ops: Vec<WriteOp>,
+        blobs: &BlobStore,
+        now: SystemTime,
+        clock: &mut PhaseClock,
+    ) -> Vec<Result<WriteOutcome, WriteError>> {
         let shard = self.id.0;
         if self.poisoned.load(Ordering::Acquire) {
             return ops
@@ -859,6 +881,7 @@ impl ShardStore {
             }
             results.push(Ok(outcome));
         }
+        clock.lap();
         // Blob files become durable (in parallel, waiting on the disk) while this thread
         // encodes the records that will name them (CPU); the metadata commits only after both.
         let items: Vec<(BlobId, &[u8])> = pending
@@ -936,6 +959,7 @@ impl ShardStore {
                 });
             }
         }
+        clock.lap();
         if encoded.is_empty() {
             return results;
         }
@@ -947,6 +971,7 @@ impl ShardStore {
             })
             .map_err(storage);
         drop(inline);
+        clock.lap();
         // Odd while the commit runs: a reader's cache trusts nothing loaded or checked then
         // (the commit becomes visible before this thread gets to say so afterwards).
         let committed =
@@ -969,6 +994,68 @@ impl ShardStore {
                     })
                     .collect()
             }
+        }
+    }
+}
+
+/// How long one group commit spent in each phase, in microseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchPhases {
+    /// Reading the touched records, planning every op, checking blobs and free space.
+    pub plan_us: u64,
+    /// Encoding records and served documents (while new blob files are synced).
+    pub encode_us: u64,
+    /// Inserting the values into the transaction's tables.
+    pub write_us: u64,
+    /// redb's commit: page writes and fsyncs.
+    pub commit_us: u64,
+}
+
+impl BatchPhases {
+    /// Names of the phases, in order, as metrics label them.
+    pub const NAMES: [&'static str; 4] = ["plan", "encode", "write", "commit"];
+
+    /// The phases' durations, in the order of `NAMES`.
+    #[must_use]
+    pub fn as_array(&self) -> [u64; 4] {
+        [self.plan_us, self.encode_us, self.write_us, self.commit_us]
+    }
+}
+
+/// Times the phases of one batch: each `lap` ends the current phase; `finish` charges what
+/// is left (after the last lap, or an early return) to the phase that was running.
+struct PhaseClock {
+    last: std::time::Instant,
+    phase: usize,
+    us: [u64; 4],
+}
+
+impl PhaseClock {
+    fn start() -> PhaseClock {
+        PhaseClock {
+            last: std::time::Instant::now(),
+            phase: 0,
+            us: [0; 4],
+        }
+    }
+
+    fn lap(&mut self) {
+        let now = std::time::Instant::now();
+        let spent = u64::try_from(now.duration_since(self.last).as_micros()).unwrap_or(u64::MAX);
+        let slot = self.phase.min(self.us.len() - 1);
+        self.us[slot] = self.us[slot].saturating_add(spent);
+        self.last = now;
+        self.phase += 1;
+    }
+
+    fn finish(mut self) -> BatchPhases {
+        self.lap();
+        let [plan_us, encode_us, write_us, commit_us] = self.us;
+        BatchPhases {
+            plan_us,
+            encode_us,
+            write_us,
+            commit_us,
         }
     }
 }
