@@ -43,7 +43,7 @@ const MANIFEST_VERSION: u32 = 1;
 /// Tables a shard file may hold; any other table stops the backup rather than being lost.
 /// `doc_full` and `doc_abbr` are only in a shard of served format 5 that this build has not
 /// opened yet; they are not copied (opening the restored shard renders its documents again).
-const SHARD_TABLES: [&str; 10] = [
+const SHARD_TABLES: [&str; 11] = [
     "packages",
     "manifests",
     "served",
@@ -54,6 +54,7 @@ const SHARD_TABLES: [&str; 10] = [
     "revs",
     "meta",
     "blob_inline",
+    "inline_rows",
 ];
 /// Tables `auth.redb` may hold.
 const AUTH_TABLES: [&str; 2] = ["users", "tokens"];
@@ -360,7 +361,8 @@ fn copy_shard(
         })
         .and_then(|()| copy_table(snapshot, &txn, ShardStore::TABLE_REVS))
         .and_then(|()| copy_table(snapshot, &txn, ShardStore::TABLE_META))
-        .and_then(|()| copy_table(snapshot, &txn, ShardStore::TABLE_BLOB_INLINE));
+        .and_then(|()| copy_table(snapshot, &txn, ShardStore::TABLE_BLOB_INLINE))
+        .and_then(|()| copy_table(snapshot, &txn, ShardStore::TABLE_INLINE_ROWS));
     copied.map_err(storage_err(target))?;
     txn.commit().map_err(|e| storage_err(target)(e.into()))?;
     let packages = match snapshot.open_table(ShardStore::TABLE_PACKAGES) {
@@ -372,21 +374,36 @@ fn copy_shard(
         .open_table(ShardStore::TABLE_SERVED)
         .map_err(|e| storage(e.into()))?;
     // A record that does not decode is copied as it is; restore's fsck reports it.
-    let mut named = BTreeSet::new();
+    let mut named = fsck::Named::default();
     fsck::collect_references(&packages, &served, &mut named).map_err(|e| storage(e.into()))?;
+    // Inline tarballs are not looked for in the blob store; restore's fsck verifies them.
+    let mut ids = named.ids;
+    match snapshot.open_table(ShardStore::TABLE_INLINE_ROWS) {
+        Ok(table) => {
+            for (row, id) in &named.rows {
+                if let Some(value) = table.get(row).map_err(|e| storage(e.into()))? {
+                    if ids.remove(id) {
+                        inline.count += 1;
+                        inline.bytes += value.value().len() as u64;
+                    }
+                }
+            }
+        }
+        Err(TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(storage(e.into())),
+    }
     match snapshot.open_table(ShardStore::TABLE_BLOB_INLINE) {
         Ok(table) => {
-            for id in &named {
+            for id in ids {
                 if let Some(value) = table.get(&id.0).map_err(|e| storage(e.into()))? {
                     inline.count += 1;
                     inline.bytes += value.value().len() as u64;
-                    // Not looked for in the blob store; restore's fsck verifies its hash.
                     continue;
                 }
-                referenced.insert(*id);
+                referenced.insert(id);
             }
         }
-        Err(TableError::TableDoesNotExist(_)) => referenced.extend(named),
+        Err(TableError::TableDoesNotExist(_)) => referenced.extend(ids),
         Err(e) => return Err(storage(e.into())),
     }
     redb::ReadableTableMetadata::len(&packages).map_err(|e| storage(e.into()))

@@ -3,7 +3,7 @@
 //! format version is refused with a clear message, never opened.
 //!
 //! Layout of `<home>`:
-//!   format.json        {"format":"agentregistry","format_version":2,"shard_count":N}
+//!   format.json        {"format":"agentregistry","format_version":3,"shard_count":N}
 //!   config.bin         the config record (config_record.rs)
 //!   auth.redb          users and token hashes (auth.rs)
 //!   shards/NNN.redb    one redb file per shard (shard/)
@@ -19,10 +19,13 @@ use crate::blob::{create_dir_durable, sync_dir};
 use crate::shard::ShardId;
 
 /// The data format this build writes. Version 2: package records may leave their manifests
-/// to rows of the shard's `manifests` table (served format 8), which a build of version 1
+/// to rows of the shard's `manifests` table (data format 2), which a build of version 1
 /// would read as manifests. This build reads version 1 too, and marks such a directory 2
-/// when it opens it, before it can write a record of the new kind.
-pub const FORMAT_VERSION: u32 = 2;
+/// when it opens it, before it can write a record of the new kind. Version 3: inline
+/// tarballs are stored in rows of the shard's `inline_rows` table that the version's
+/// `TarballRef` names, which a build of version 2 would not find. A directory of version 1 or
+/// 2 is marked 3 when this build opens it; what it stored inline stays in `blob_inline`.
+pub const FORMAT_VERSION: u32 = 3;
 /// The oldest data format this build reads.
 pub const FORMAT_VERSION_MIN: u32 = 1;
 const FORMAT_NAME: &str = "agentregistry";

@@ -26,6 +26,11 @@ pub struct TarballRef {
     pub blob: String,
     /// Size in bytes.
     pub size: u64,
+    /// The row of the shard's `inline_rows` table holding the tarball, for a tarball of at
+    /// most `limits::INLINE_BLOB_BYTES_MAX` bytes stored since data format 3; absent for a
+    /// blob file and for an inline tarball an earlier build stored (`blob_inline`, by id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row: Option<u64>,
 }
 
 impl TarballRef {
@@ -190,7 +195,7 @@ impl StoredPackage {
         serde_json::from_slice(&record_json(bytes)?)
     }
 
-    /// Encodes for storage with each manifest in a row of its own (served format 8): the
+    /// Encodes for storage with each manifest in a row of its own (data format 2): the
     /// record, where every version's manifest is `MANIFEST_IN_ROW`, and (version, manifest
     /// JSON) for each version. The record is what `encode` writes otherwise.
     #[must_use]
@@ -392,7 +397,7 @@ impl StoredPackage {
 pub type ManifestRows = Vec<(String, Vec<u8>)>;
 
 /// What a record holds in place of a manifest kept in a row of the shard's `manifests`
-/// table (served format 8). A manifest is a JSON object; this number never is one.
+/// table (data format 2). A manifest is a JSON object; this number never is one.
 pub const MANIFEST_IN_ROW: u64 = 0;
 
 fn is_in_row(manifest: &Value) -> bool {
@@ -1266,6 +1271,7 @@ mod tests {
                 file: "a-1.0.0.tgz".into(),
                 blob: "ab".repeat(32),
                 size: 10,
+                row: None,
             },
         );
         stored.doc["time"]["0.9.0"] = json!("2025-01-01T00:00:00.000Z");

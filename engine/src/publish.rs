@@ -485,8 +485,10 @@ pub(crate) fn parse_dist_tags(raw: Option<Value>) -> Result<Vec<(DistTag, Versio
 pub struct Plan {
     /// The package after the change.
     pub stored: StoredPackage,
-    /// Blobs that must be durable before the metadata commits.
-    pub blobs: Vec<(BlobId, Vec<u8>)>,
+    /// Blobs that must be durable before the metadata commits: (version naming it, id,
+    /// bytes). The writer stores an inline-sized one in a row and records the row in that
+    /// version's `TarballRef`.
+    pub blobs: Vec<(String, BlobId, Vec<u8>)>,
     /// False when the request repeated an already-applied publish (idempotent retry).
     pub changed: bool,
 }
@@ -539,11 +541,12 @@ pub fn plan_publish(
                 file,
                 blob: new.blob.to_hex(),
                 size: new.tarball.len() as u64,
+                row: None,
             },
         );
         versions_mut(&mut stored).insert(version.clone(), Value::Object(manifest));
         time_mut(&mut stored).insert(version.clone(), Value::String(now.clone()));
-        blobs.push((new.blob, new.tarball));
+        blobs.push((version.clone(), new.blob, new.tarball));
         added.push(new.version);
     }
     let count = stored.versions().map_or(0, Map::len);

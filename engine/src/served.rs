@@ -43,7 +43,8 @@ use crate::packument::{chain_entry, AppendedDoc, Entries, StoredPackage};
 
 /// The layout version of every served value. A shard whose `meta` records another version
 /// (or none) re-renders all of them when opened (`ShardStore::open`).
-pub const FORMAT: u8 = 7;
+/// 8: each tarball entry of the index ends with its inline row (0: none).
+pub const FORMAT: u8 = 8;
 /// Deflate levels (flate2 on its zlib-rs backend) for pre-compressed documents, by the
 /// identity document's size. The gzip form is paid once per write and served many times, but
 /// most writes are publishes of small packages. zlib-rs level 1 (deflate_quick: static
@@ -192,6 +193,8 @@ pub struct ServedTarball {
     pub file: Box<str>,
     pub blob: BlobId,
     pub size: u64,
+    /// Its row of the shard's `inline_rows` (`TarballRef::row`).
+    pub row: Option<u64>,
 }
 
 /// The decoded index: which tarballs the package serves.
@@ -332,6 +335,7 @@ fn encode_index(stored: &StoredPackage, base_url: &str) -> Vec<u8> {
         let blob = tarball.blob_id().map_or([0; BLOB_ID_BYTES], |b| b.0);
         index.extend_from_slice(&blob);
         index.extend_from_slice(&tarball.size.to_le_bytes());
+        index.extend_from_slice(&tarball.row.unwrap_or(0).to_le_bytes());
     }
     index
 }
@@ -396,10 +400,12 @@ pub fn decode_index(buf: &[u8]) -> Result<ServedIndex, ServedCorrupt> {
         let mut blob = [0u8; BLOB_ID_BYTES];
         blob.copy_from_slice(r.take(BLOB_ID_BYTES)?);
         let size = r.u64()?;
+        let row = Some(r.u64()?).filter(|row| *row != 0);
         tarballs.push(ServedTarball {
             file,
             blob: BlobId(blob),
             size,
+            row,
         });
     }
     if r.at != buf.len() {
@@ -1068,6 +1074,7 @@ mod tests {
                 file: "a-1.0.0.tgz".into(),
                 blob: BlobId::of(b"x").to_hex(),
                 size: 1,
+                row: None,
             },
         );
         stored

@@ -13,7 +13,7 @@
 
 #![expect(clippy::unwrap_used, reason = "test fixtures fail loudly by design")]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -42,6 +42,7 @@ const DOC_ABBR_GZ: TableDefinition<&str, &[u8]> = TableDefinition::new("doc_abbr
 const DOC_FULL_GZ: TableDefinition<&str, &[u8]> = TableDefinition::new("doc_full_gz");
 const REVS: TableDefinition<&str, u64> = TableDefinition::new("revs");
 const BLOB_INLINE: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("blob_inline");
+const INLINE_ROWS: TableDefinition<u64, &[u8]> = TableDefinition::new("inline_rows");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 /// A tarball too big to be stored inline: a blob file.
@@ -117,12 +118,21 @@ impl Open {
         &self.shards[usize::from(shard_for(name, SHARDS).0)]
     }
 
-    /// Blob `id` of package `name`: inline in its shard, else the file.
+    /// Blob `id` of package `name`: inline in its shard (in the row its record names, if
+    /// any), else the file.
     fn tarball(&self, name: &str, id: &BlobId) -> Vec<u8> {
-        match self.shard(name).read_blob_inline(id).unwrap() {
+        let row = self.row_of(name, id);
+        match self.shard(name).read_inline(id, row).unwrap() {
             Some(bytes) => bytes,
             None => self.blobs.read(id).unwrap(),
         }
+    }
+
+    /// The inline row `name`'s record gives blob `id`.
+    fn row_of(&self, name: &str, id: &BlobId) -> Option<u64> {
+        let stored = self.shard(name).read_stored(name).unwrap()?;
+        let hex = id.to_hex();
+        stored.tarballs.values().find(|t| t.blob == hex)?.row
     }
 
     /// An online backup of every store into `dest`.
@@ -856,7 +866,7 @@ fn a_publish_racing_an_orphan_deletion_never_loses_its_blob() {
             });
             open.check(true);
         });
-        let inline = open.shard(&name).read_blob_inline(&id).unwrap();
+        let inline = open.shard(&name).read_inline_of(&name, "1.0.0").unwrap();
         let file = open.blobs.read(&id).ok();
         assert!(
             inline.as_ref() == Some(&bytes) || file.as_ref() == Some(&bytes),
@@ -878,8 +888,9 @@ fn a_publish_racing_an_orphan_deletion_never_loses_its_blob() {
 fn inline_blobs_are_checked_and_inline_orphans_repaired() {
     // Goal: fsck sees inline tarballs as present (never as missing files), reports a corrupt
     // inline blob as corrupt_blob (kept by repair) and an inline entry no version names as an
-    // orphan, which repair deletes; the byte counter follows. Method: small tarballs published
-    // through the write path, then the shard's blob_inline table edited with the stores closed.
+    // orphan, which repair deletes (a row, and an entry of a data format 2 shard's
+    // `blob_inline`); the byte counter follows. Method: small tarballs published through the
+    // write path, then the shard's inline tables edited with the stores closed.
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
     let open = Open::new(&home);
@@ -893,33 +904,37 @@ fn inline_blobs_are_checked_and_inline_orphans_repaired() {
     let online = open.check(false);
     assert!(online.is_clean(), "{}", online.render_text());
     assert_eq!(online.checked.blobs, 4);
+    let rotten = BlobId::of(&small("rotten"));
+    let rotten_row = open.row_of("rotten", &rotten).expect("an inline row");
     drop(open);
     assert!(offline(&home, false).is_clean());
 
-    let rotten = BlobId::of(&small("rotten"));
     edit_shard(&home, "rotten", |txn| {
         let mut bytes = small("rotten");
         bytes[3] ^= 0x20;
-        txn.open_table(BLOB_INLINE)
+        txn.open_table(INLINE_ROWS)
             .unwrap()
-            .insert(&rotten.0, bytes.as_slice())
+            .insert(rotten_row, bytes.as_slice())
             .unwrap();
     });
     let stray = b"inline bytes no version names".to_vec();
     let stray_id = BlobId::of(&stray);
-    insert_inline(&home, "tiny", &stray);
+    let stray_row = insert_inline(&home, "tiny", &stray);
+    let legacy = b"inline bytes a data format 2 build left".to_vec();
+    let legacy_id = BlobId::of(&legacy);
+    insert_legacy_inline(&home, "fine-small", &legacy);
     let before = offline(&home, false);
     let expected: BTreeMap<FindingKind, u64> =
-        [(FindingKind::CorruptBlob, 1), (FindingKind::OrphanBlob, 1)].into();
+        [(FindingKind::CorruptBlob, 1), (FindingKind::OrphanBlob, 2)].into();
     assert_eq!(kinds(&before), expected, "{}", before.render_text());
     assert_eq!(
         subjects(&before, FindingKind::CorruptBlob),
         [rotten.to_hex()]
     );
-    assert_eq!(
-        subjects(&before, FindingKind::OrphanBlob),
-        [stray_id.to_hex()]
-    );
+    let orphans: BTreeSet<String> = subjects(&before, FindingKind::OrphanBlob)
+        .into_iter()
+        .collect();
+    assert_eq!(orphans, [stray_id.to_hex(), legacy_id.to_hex()].into());
 
     let repaired = offline(&home, true);
     assert_eq!(kinds(&repaired), expected, "{}", repaired.render_text());
@@ -939,8 +954,13 @@ fn inline_blobs_are_checked_and_inline_orphans_repaired() {
     );
     let open = Open::new(&home);
     let tiny_shard = open.shard("tiny");
-    assert_eq!(tiny_shard.read_blob_inline(&stray_id).unwrap(), None);
-    let rotten_read = open.shard("rotten").read_blob_inline(&rotten);
+    assert_eq!(
+        tiny_shard.read_inline(&stray_id, Some(stray_row)).unwrap(),
+        None
+    );
+    let legacy_shard = open.shard("fine-small");
+    assert_eq!(legacy_shard.read_inline(&legacy_id, None).unwrap(), None);
+    let rotten_read = open.shard("rotten").read_inline_of("rotten", "1.0.0");
     assert!(rotten_read.is_err(), "corrupt inline bytes were returned");
     // The corrupt referenced blob is kept; the counter lost only the orphan's bytes.
     let total: u64 = open
@@ -957,7 +977,7 @@ fn inline_blobs_are_checked_and_inline_orphans_repaired() {
     // Online (stores open, as in a server), an inline orphan needs no age: it is deleted at
     // once.
     drop(open);
-    insert_inline(&home, "tiny", &stray);
+    let stray_row = insert_inline(&home, "tiny", &stray);
     let open = Open::new(&home);
     let report = open.check(true);
     assert_eq!(
@@ -972,28 +992,47 @@ fn inline_blobs_are_checked_and_inline_orphans_repaired() {
         .filter(|f| f.kind == FindingKind::OrphanBlob)
         .all(|f| f.repaired.is_some()));
     assert_eq!(
-        open.shard("tiny").read_blob_inline(&stray_id).unwrap(),
+        open.shard("tiny")
+            .read_inline(&stray_id, Some(stray_row))
+            .unwrap(),
         None
     );
 }
 
-/// Inserts `bytes` inline into the shard of `name`, counted in `meta` as the write path counts
-/// it, but named by no version: an orphan (stores closed).
-fn insert_inline(home: &Path, name: &str, bytes: &[u8]) {
+/// Inserts `bytes` into a new inline row of the shard of `name`, counted in `meta` as the
+/// write path counts it, but named by no version: an orphan (stores closed). Returns the row.
+fn insert_inline(home: &Path, name: &str, bytes: &[u8]) -> u64 {
+    let mut row = 0;
+    edit_shard(home, name, |txn| {
+        let mut rows = txn.open_table(INLINE_ROWS).unwrap();
+        row = rows.last().unwrap().map_or(1, |(k, _)| k.value() + 1);
+        rows.insert(row, bytes).unwrap();
+        count_inline_bytes(txn, bytes.len());
+    });
+    row
+}
+
+/// Inserts `bytes` into the shard's `blob_inline` under their id, as a build of data format 2
+/// stored inline tarballs, named by no version (stores closed).
+fn insert_legacy_inline(home: &Path, name: &str, bytes: &[u8]) {
     edit_shard(home, name, |txn| {
         txn.open_table(BLOB_INLINE)
             .unwrap()
             .insert(&BlobId::of(bytes).0, bytes)
             .unwrap();
-        let mut meta = txn.open_table(META).unwrap();
-        let total = meta
-            .get("inline_blob_bytes")
-            .unwrap()
-            .map_or(0, |v| u64::from_le_bytes(v.value().try_into().unwrap()));
-        let total = total + bytes.len() as u64;
-        meta.insert("inline_blob_bytes", &total.to_le_bytes()[..])
-            .unwrap();
+        count_inline_bytes(txn, bytes.len());
     });
+}
+
+fn count_inline_bytes(txn: &redb::WriteTransaction, added: usize) {
+    let mut meta = txn.open_table(META).unwrap();
+    let total = meta
+        .get("inline_blob_bytes")
+        .unwrap()
+        .map_or(0, |v| u64::from_le_bytes(v.value().try_into().unwrap()));
+    let total = total + added as u64;
+    meta.insert("inline_blob_bytes", &total.to_le_bytes()[..])
+        .unwrap();
 }
 
 #[test]
@@ -1027,8 +1066,9 @@ fn backup_and_restore_carry_inline_tarballs() {
     for name in ["s1", "s2", "@s/s3"] {
         let id = BlobId::of(&small(name));
         assert_eq!(
-            reopened.shard(name).read_blob_inline(&id).unwrap(),
+            reopened.shard(name).read_inline_of(name, "1.0.0").unwrap(),
             Some(small(name))
         );
+        assert!(reopened.row_of(name, &id).is_some());
     }
 }

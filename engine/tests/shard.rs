@@ -13,7 +13,7 @@ use engine::integrity;
 use engine::limits::INLINE_BLOB_BYTES_MAX;
 use engine::names::{DistTag, PackageName, Version};
 use engine::publish::{PublishError, PublishRequest};
-use engine::served::DocKind;
+use engine::served::{DocKind, ServedTarball};
 use engine::shard::{
     ReadError, ShardId, ShardReader, ShardStore, WriteError, WriteOp, WriteOutcome,
 };
@@ -22,6 +22,9 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 
 const BASE: &str = "http://127.0.0.1:4873";
+const INLINE_ROWS: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("inline_rows");
+const BLOB_INLINE: redb::TableDefinition<&[u8; 32], &[u8]> =
+    redb::TableDefinition::new("blob_inline");
 
 fn request(name: &str, version: &str, tarball: &[u8]) -> PublishRequest {
     let Value::Object(manifest) = json!({"name": name, "version": version}) else {
@@ -62,12 +65,27 @@ impl Fixture {
         Fixture { dir, store, blobs }
     }
 
-    /// Blob `id`'s bytes: inline in the shard, else the blob file.
-    fn tarball(&self, id: &BlobId) -> Vec<u8> {
-        match self.store.read_blob_inline(id).unwrap() {
+    /// A served tarball's bytes: inline in the shard, else the blob file.
+    fn tarball(&self, tarball: &ServedTarball) -> Vec<u8> {
+        match self.store.read_inline(&tarball.blob, tarball.row).unwrap() {
             Some(bytes) => bytes,
-            None => self.blobs.read(id).unwrap(),
+            None => self.blobs.read(&tarball.blob).unwrap(),
         }
+    }
+
+    /// The tarball of `name@version`, as its package's served index names it.
+    fn tarball_of(&self, name: &str, version: &str) -> Vec<u8> {
+        let index = self.store.read_index(name).unwrap().unwrap();
+        let file = PackageName::parse(name)
+            .unwrap()
+            .tarball_file(&Version::parse(version).unwrap());
+        self.tarball(index.tarball(&file).unwrap())
+    }
+
+    /// The inline row `name@version`'s record names.
+    fn row_of(&self, name: &str, version: &str) -> Option<u64> {
+        let stored = self.store.read_stored(name).unwrap().unwrap();
+        stored.tarballs[version].row
     }
 
     fn full(&self, name: &str) -> Value {
@@ -96,7 +114,7 @@ fn publish_read_reopen() {
     );
     let scoped = f.store.read_index("@s/b").unwrap().unwrap();
     let tarball = scoped.tarball("b-2.0.0.tgz").unwrap();
-    assert_eq!(f.tarball(&tarball.blob), b"two");
+    assert_eq!(f.tarball(tarball), b"two");
     let f = f.reopen(BASE);
     assert_eq!(f.full("a")["versions"]["1.0.0"]["version"], "1.0.0");
     assert_eq!(
@@ -155,15 +173,8 @@ fn same_version_in_one_batch_first_wins_and_retries_are_idempotent() {
         Ok(WriteOutcome::Published { changed: false, .. })
     ));
     let served = f.store.read_index("a").unwrap().unwrap();
-    assert_eq!(
-        f.tarball(&served.tarball("a-1.0.0.tgz").unwrap().blob),
-        b"first"
-    );
+    assert_eq!(f.tarball(served.tarball("a-1.0.0.tgz").unwrap()), b"first");
     // The refused op's tarball is stored nowhere.
-    assert_eq!(
-        f.store.read_blob_inline(&BlobId::of(b"second")).unwrap(),
-        None
-    );
     assert_eq!(f.store.inline_blob_stats().unwrap(), (1, 5));
 }
 
@@ -185,7 +196,6 @@ fn refused_ops_leave_no_trace() {
     assert_eq!(before.body, after.body);
     assert_eq!(before.rev, after.rev);
     assert!(!f.blobs.has(&BlobId::of(b"y")));
-    assert_eq!(f.store.read_blob_inline(&BlobId::of(b"y")).unwrap(), None);
     assert_eq!(f.store.inline_blob_stats().unwrap(), (1, 1));
 }
 
@@ -527,8 +537,7 @@ fn observe(f: &Fixture) -> BTreeMap<String, ModelPackage> {
             let file = PackageName::parse(&name)
                 .unwrap()
                 .tarball_file(&Version::parse(&version).unwrap());
-            let blob = served.tarball(&file).unwrap().blob;
-            versions.insert(version, f.tarball(&blob));
+            versions.insert(version, f.tarball(served.tarball(&file).unwrap()));
         }
         out.insert(
             name,
@@ -598,7 +607,7 @@ fn prepared_publishes_are_checked_and_never_commit_without_their_blob() {
         Ok(WriteOutcome::Published { changed: true, .. })
     ));
     assert_eq!(fx.blobs.read(&ids[0]).unwrap(), bytes);
-    assert_eq!(fx.store.read_blob_inline(&ids[0]).unwrap(), None);
+    assert_eq!(fx.store.inline_blob_stats().unwrap(), (0, 0));
 
     // Other bytes for the same version, and another user: refused before anything is written.
     let conflict = request("prep", "1.0.0", b"other bytes");
@@ -645,37 +654,52 @@ fn small_tarballs_are_stored_inline_and_big_ones_as_files() {
     assert!(!fx.blobs.has(&small_id), "the small tarball became a file");
     assert!(fx.blobs.has(&big_id));
     assert_eq!(
-        fx.store.read_blob_inline(&small_id).unwrap().unwrap(),
+        fx.store.read_inline_of("small", "1.0.0").unwrap().unwrap(),
         small
     );
-    assert_eq!(fx.store.read_blob_inline(&big_id).unwrap(), None);
+    assert_eq!(fx.row_of("small", "1.0.0"), Some(1));
+    assert_eq!(fx.store.read_inline_of("big", "1.0.0").unwrap(), None);
+    assert_eq!(fx.row_of("big", "1.0.0"), None);
     assert_eq!(fx.blobs.read(&big_id).unwrap(), big);
     assert_eq!(
         fx.store.inline_blob_stats().unwrap(),
         (1, small.len() as u64)
     );
     let fx = fx.reopen(BASE);
-    assert_eq!(fx.tarball(&small_id), small);
-    assert_eq!(fx.tarball(&big_id), big);
+    assert_eq!(fx.tarball_of("small", "1.0.0"), small);
+    assert_eq!(fx.tarball_of("big", "1.0.0"), big);
     assert_eq!(
         fx.store.inline_blob_stats().unwrap(),
         (1, small.len() as u64)
     );
 }
 
-/// Goal: an inline-sized tarball that is already a file (written before inline storage, or an
-/// orphan a publish reuses) stays a file and is not duplicated inline.
+/// Goal: an inline-sized tarball that is already a file (an orphan of a publish that lost a
+/// race) is stored in a row all the same, without a look at the blob store, and read from
+/// the row; rows are numbered in commit order, one per new version.
 #[test]
-fn an_existing_small_file_is_not_duplicated_inline() {
+fn an_existing_small_file_does_not_stop_the_row() {
     let fx = Fixture::new();
     let bytes = b"an old small tarball".to_vec();
     let id = BlobId::of(&bytes);
     fx.blobs.write(&id, &bytes).unwrap();
-    let results = fx.apply(vec![publish("old", "1.0.0", &bytes)]);
+    let results = fx.apply(vec![
+        publish("old", "1.0.0", &bytes),
+        publish("old", "1.0.1", b"next"),
+    ]);
     assert!(results.iter().all(Result::is_ok), "{results:?}");
-    assert_eq!(fx.store.read_blob_inline(&id).unwrap(), None);
-    assert_eq!(fx.store.inline_blob_stats().unwrap(), (0, 0));
-    assert_eq!(fx.tarball(&id), bytes);
+    assert_eq!(fx.row_of("old", "1.0.0"), Some(1));
+    assert_eq!(fx.row_of("old", "1.0.1"), Some(2));
+    assert_eq!(
+        fx.store.inline_blob_stats().unwrap(),
+        (2, bytes.len() as u64 + 4)
+    );
+    // The file is removed: the row still serves it.
+    std::fs::remove_file(fx.blobs.path_of(&id)).unwrap();
+    assert_eq!(fx.tarball_of("old", "1.0.0"), bytes);
+    let results = fx.apply(vec![publish("new", "1.0.0", b"third")]);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(fx.row_of("new", "1.0.0"), Some(3));
 }
 
 /// Goal: unpublishing removes the versions' inline tarballs in the same commit, and keeps
@@ -690,6 +714,8 @@ fn unpublish_removes_inline_tarballs() {
     ]);
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     assert_eq!(fx.store.inline_blob_stats().unwrap(), (2, 7));
+    let row_one = fx.row_of("u", "1.0.0");
+    assert!(row_one.is_some());
     let stored = fx.store.read_stored("u").unwrap().unwrap();
     let mut versions = stored.versions().unwrap().clone();
     versions.remove("1.0.0");
@@ -704,8 +730,11 @@ fn unpublish_removes_inline_tarballs() {
         user: "ada".into(),
     }]);
     assert!(results.iter().all(Result::is_ok), "{results:?}");
-    assert_eq!(fx.store.read_blob_inline(&BlobId::of(&one)).unwrap(), None);
-    assert_eq!(fx.tarball(&BlobId::of(&two)), two);
+    assert_eq!(
+        fx.store.read_inline(&BlobId::of(&one), row_one).unwrap(),
+        None
+    );
+    assert_eq!(fx.tarball_of("u", "2.0.0"), two);
     assert_eq!(fx.store.inline_blob_stats().unwrap(), (1, 4));
     let results = fx.apply(vec![WriteOp::UnpublishAll {
         name: PackageName::parse("u").unwrap(),
@@ -727,30 +756,115 @@ fn unpublish_removes_inline_tarballs() {
     assert_eq!(fx.store.inline_blob_stats().unwrap(), (0, 0));
 }
 
-/// Goal: an inline blob whose stored bytes no longer hash to its id is a `Corrupt` error on
-/// read, never its bytes.
+/// Goal: a shard as a build of data format 2 left it (inline tarballs in `blob_inline` by
+/// id, records without rows) is served as before: its tarballs are read by id, an unpublish
+/// removes them, and new versions go to rows numbered past every row ever used. Method:
+/// versions published through the write path, then the shard rewritten in the old layout with
+/// the store closed (records without rows, manifests inline, served values of an older
+/// format, so the open renders them again).
 #[test]
-fn a_corrupt_inline_blob_is_an_error_not_bytes() {
+fn a_data_format_2_shard_keeps_serving_its_inline_tarballs() {
     let fx = Fixture::new();
-    let bytes = b"the real tarball".to_vec();
-    let id = BlobId::of(&bytes);
-    assert!(fx.apply(vec![publish("c", "1.0.0", &bytes)])[0].is_ok());
+    let (one, two) = (b"legacy one".to_vec(), b"legacy two!".to_vec());
+    let results = fx.apply(vec![
+        publish("old", "1.0.0", &one),
+        publish("old", "2.0.0", &two),
+    ]);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let mut stored = fx.store.read_stored("old").unwrap().unwrap();
+    for tarball in stored.tarballs.values_mut() {
+        tarball.row = None;
+    }
     let Fixture { dir, store, blobs } = fx;
     drop(store);
     let path = dir.path().join("s.redb");
     {
         let db = redb::Database::open(&path).unwrap();
         let txn = db.begin_write().unwrap();
-        let table: redb::TableDefinition<&[u8; 32], &[u8]> =
-            redb::TableDefinition::new("blob_inline");
-        txn.open_table(table)
+        let packages: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("packages");
+        let manifests: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("manifests");
+        let meta: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+        txn.open_table(packages)
             .unwrap()
-            .insert(&id.0, &b"the rotten tarball"[..])
+            .insert("old", stored.encode().as_slice())
+            .unwrap();
+        txn.delete_table(manifests).unwrap();
+        txn.delete_table(INLINE_ROWS).unwrap();
+        let mut legacy = txn.open_table(BLOB_INLINE).unwrap();
+        for bytes in [&one, &two] {
+            legacy
+                .insert(&BlobId::of(bytes).0, bytes.as_slice())
+                .unwrap();
+        }
+        drop(legacy);
+        txn.open_table(meta)
+            .unwrap()
+            .insert("served_format", &[7u8][..])
             .unwrap();
         txn.commit().unwrap();
     }
     let store = ShardStore::open(&path, ShardId(0), BASE).unwrap();
-    let read = store.read_blob_inline(&id);
+    let fx = Fixture { dir, store, blobs };
+    assert_eq!(fx.row_of("old", "1.0.0"), None);
+    assert_eq!(fx.tarball_of("old", "1.0.0"), one);
+    assert_eq!(fx.tarball_of("old", "2.0.0"), two);
+    assert_eq!(fx.store.inline_blob_stats().unwrap(), (2, 21));
+    // A new version gets a row past the two the table held before it was emptied.
+    let results = fx.apply(vec![publish("old", "3.0.0", b"new three")]);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(fx.row_of("old", "3.0.0"), Some(3));
+    assert_eq!(fx.tarball_of("old", "3.0.0"), b"new three");
+    assert_eq!(fx.store.inline_blob_stats().unwrap(), (3, 30));
+    let mut versions = fx
+        .store
+        .read_stored("old")
+        .unwrap()
+        .unwrap()
+        .versions()
+        .unwrap()
+        .clone();
+    versions.remove("1.0.0");
+    let results = fx.apply(vec![WriteOp::Update {
+        request: UpdateRequest {
+            name: PackageName::parse("old").unwrap(),
+            rev: None,
+            versions: Some(versions),
+            dist_tags: None,
+            maintainers: None,
+        },
+        user: "ada".into(),
+    }]);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(fx.store.read_inline(&BlobId::of(&one), None).unwrap(), None);
+    assert_eq!(fx.tarball_of("old", "2.0.0"), two);
+    assert_eq!(fx.store.inline_blob_stats().unwrap(), (2, 20));
+    let fx = fx.reopen(BASE);
+    assert_eq!(fx.tarball_of("old", "2.0.0"), two);
+    assert_eq!(fx.tarball_of("old", "3.0.0"), b"new three");
+}
+
+/// Goal: an inline blob whose stored bytes no longer hash to its id is a `Corrupt` error on
+/// read, never its bytes.
+#[test]
+fn a_corrupt_inline_blob_is_an_error_not_bytes() {
+    let fx = Fixture::new();
+    let bytes = b"the real tarball".to_vec();
+    assert!(fx.apply(vec![publish("c", "1.0.0", &bytes)])[0].is_ok());
+    let row = fx.row_of("c", "1.0.0").unwrap();
+    let Fixture { dir, store, blobs } = fx;
+    drop(store);
+    let path = dir.path().join("s.redb");
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(INLINE_ROWS)
+            .unwrap()
+            .insert(row, &b"the rotten tarball"[..])
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let store = ShardStore::open(&path, ShardId(0), BASE).unwrap();
+    let read = store.read_inline_of("c", "1.0.0");
     assert!(
         matches!(read, Err(ReadError::Blob(BlobError::Corrupt { .. }))),
         "{read:?}"

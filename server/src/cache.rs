@@ -576,10 +576,10 @@ pub struct TarballCache {
 }
 
 impl TarballCache {
-    /// The bytes of blob `id`, whose tarball index says it has `size` bytes, verified against
-    /// its digest when read from storage: from `shard` (the package's own shard) when it is
-    /// stored inline there, else from the blob store. A blob bigger than
-    /// `INLINE_BLOB_BYTES_MAX` is never inline, so its shard is not asked.
+    /// The bytes of blob `id`, whose tarball index says it has `size` bytes and is in inline
+    /// row `row`, verified against its digest when read from storage: from `shard` (the
+    /// package's own shard) when it is stored inline there, else from the blob store. A blob
+    /// bigger than `INLINE_BLOB_BYTES_MAX` is never inline, so its shard is not asked.
     ///
     /// # Errors
     /// Storage errors of the shard; `Blob`: `Corrupt` (inline or file), `NotFound` or I/O
@@ -590,12 +590,13 @@ impl TarballCache {
         blobs: &BlobStore,
         id: &BlobId,
         size: u64,
+        row: Option<u64>,
     ) -> Result<Bytes, ReadError> {
         if let Some(bytes) = self.entries.get(id) {
             return Ok(bytes.clone());
         }
         let inline = if size <= INLINE_BLOB_BYTES_MAX as u64 {
-            shard.read_blob_inline(id)?
+            shard.read_inline(id, row)?
         } else {
             None
         };

@@ -69,6 +69,7 @@ use serde_json::Value;
 
 use crate::blob::{BlobError, BlobId, BlobStore};
 use crate::data_dir::{DataDir, OpenError, FORMAT_VERSION, FORMAT_VERSION_MIN};
+use crate::shard::tables::InlineKey;
 use crate::shard::{ShardId, ShardStore};
 use FindingKind::{FormatBad, RedbCorrupt};
 
@@ -76,7 +77,7 @@ use config::{check_config, repair_config};
 use repair::{repair_inline_orphans, repair_orphans, repair_served, repair_temp_files};
 use scan::{check_blobs, find_inline_orphans, find_orphans, find_temp_files, scan_metadata};
 
-pub(crate) use repair::collect_references;
+pub(crate) use repair::{collect_references, Named};
 
 /// Online, unreferenced blobs and temp files younger than this may belong to a publish in
 /// flight (written, not yet committed), so they are neither reported nor deleted.
@@ -369,6 +370,9 @@ struct Scan {
     refs: BTreeMap<BlobId, Vec<Expect>>,
     /// Blobs the shard being scanned names (cleared per shard).
     shard_refs: BTreeSet<BlobId>,
+    /// Inline rows the shard being scanned names, with the blob each must hold (cleared per
+    /// shard).
+    shard_rows: BTreeMap<u64, BlobId>,
     /// Referenced blobs found inline in the shard that names them, judged in that shard's
     /// read transaction; `check_blobs` reports these instead of reading a file.
     inline: BTreeMap<BlobId, scan::BlobOutcome>,
@@ -384,6 +388,9 @@ struct Scan {
 struct InlineOrphan {
     /// Index into `Ctx::shards`.
     view: usize,
+    /// Where the shard keeps it.
+    key: InlineKey,
+    /// The id it is stored under, or (a row) the blake3 of its bytes.
     id: BlobId,
     size: u64,
     /// Why its bytes do not hash to its id, when they do not.

@@ -2,7 +2,7 @@
 //! files deleted, orphan blob files deleted behind the write barrier, inline orphans deleted
 //! in their shard's write transaction (see `fsck/mod.rs`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::path::PathBuf;
 
@@ -13,7 +13,7 @@ use crate::blob::BlobId;
 use crate::packument::StoredPackage;
 use crate::served::{decode_index, encode_served};
 use crate::shard::tables::{
-    adjust_inline_bytes, fill_manifests, manifest_key, manifest_keys_of, ServedTables,
+    adjust_inline_bytes, fill_manifests, manifest_key, manifest_keys_of, InlineKey, ServedTables,
 };
 use crate::shard::ShardStore;
 
@@ -169,15 +169,16 @@ pub(super) fn repair_orphans(ctx: &Ctx<'_>, orphans: &[(BlobId, usize)], report:
     }
 }
 
-/// Deletes inline orphans (view index, id, finding index), one write transaction per shard
-/// that re-reads the shard's references first: a commit since the check may name one again.
+/// Deletes inline orphans (view index, where the shard keeps it, finding index), one write
+/// transaction per shard that re-reads the shard's references first: a commit since the
+/// check may name one again.
 pub(super) fn repair_inline_orphans(
     ctx: &Ctx<'_>,
-    orphans: &[(usize, BlobId, usize)],
+    orphans: &[(usize, InlineKey, usize)],
     report: &mut Report,
 ) {
     for (view, shard) in ctx.shards.iter().enumerate() {
-        let candidates: Vec<(BlobId, usize)> = orphans
+        let candidates: Vec<(InlineKey, usize)> = orphans
             .iter()
             .filter(|(v, _, _)| *v == view)
             .map(|(_, id, index)| (*id, *index))
@@ -211,33 +212,49 @@ pub(super) fn repair_inline_orphans(
     }
 }
 
-/// Removes each candidate the shard's records do not name from `blob_inline`, in one
-/// committed write transaction; returns the finding indices of those removed, or `None` (and
-/// nothing changed) when a record did not decode.
+/// Removes each candidate the shard's records do not name from `inline_rows` or
+/// `blob_inline`, in one committed write transaction; returns the finding indices of those
+/// removed, or `None` (and nothing changed) when a record did not decode.
 fn delete_inline_unreferenced(
     db: &Database,
-    candidates: &[(BlobId, usize)],
+    candidates: &[(InlineKey, usize)],
 ) -> Result<Option<Vec<usize>>, redb::Error> {
     let txn = crate::shard::begin_durable_write(db)?;
     let mut deleted = Vec::new();
     {
         let packages = txn.open_table(ShardStore::TABLE_PACKAGES)?;
         let served = txn.open_table(ShardStore::TABLE_SERVED)?;
-        let mut referenced = BTreeSet::new();
+        let mut referenced = Named::default();
         if !collect_references(&packages, &served, &mut referenced)? {
             return Ok(None);
         }
-        let mut inline = txn.open_table(ShardStore::TABLE_BLOB_INLINE)?;
+        let mut rows = None;
+        let mut legacy = None;
         let mut removed = 0u64;
-        for (id, index) in candidates {
-            if referenced.contains(id) {
-                continue;
-            }
-            if let Some(old) = inline.remove(&id.0)? {
-                removed += old.value().len() as u64;
+        for (key, index) in candidates {
+            let old = match key {
+                InlineKey::Row(row) if !referenced.rows.contains_key(row) => {
+                    let table = match &mut rows {
+                        Some(table) => table,
+                        None => rows.insert(txn.open_table(ShardStore::TABLE_INLINE_ROWS)?),
+                    };
+                    table.remove(row)?.map(|old| old.value().len())
+                }
+                InlineKey::Id(id) if !referenced.ids.contains(id) => {
+                    let table = match &mut legacy {
+                        Some(table) => table,
+                        None => legacy.insert(txn.open_table(ShardStore::TABLE_BLOB_INLINE)?),
+                    };
+                    table.remove(&id.0)?.map(|old| old.value().len())
+                }
+                _ => None,
+            };
+            if let Some(len) = old {
+                removed += len as u64;
                 deleted.push(*index);
             }
         }
+        drop((rows, legacy));
         let mut meta = txn.open_table(ShardStore::TABLE_META)?;
         adjust_inline_bytes(&mut meta, 0, removed)?;
     }
@@ -259,18 +276,25 @@ fn references_under_barrier<T>(
     for shard in &ctx.shards {
         txns.push(crate::shard::begin_durable_write(shard.db)?);
     }
-    let mut referenced = BTreeSet::new();
+    let mut referenced = Named::default();
     let mut complete = true;
     for txn in &txns {
         let packages = txn.open_table(ShardStore::TABLE_PACKAGES)?;
         let served = txn.open_table(ShardStore::TABLE_SERVED)?;
         complete &= collect_references(&packages, &served, &mut referenced)?;
     }
-    let result = complete.then(|| act(&referenced));
+    let result = complete.then(|| act(&referenced.ids));
     for txn in txns {
         txn.abort()?;
     }
     Ok(result)
+}
+
+/// The blobs records name: every id, and the inline rows with the id each holds.
+#[derive(Default)]
+pub(crate) struct Named {
+    pub(crate) ids: BTreeSet<BlobId>,
+    pub(crate) rows: BTreeMap<u64, BlobId>,
 }
 
 /// Adds every blob named by `packages` and `served` to `out`; false when a record did not
@@ -278,7 +302,7 @@ fn references_under_barrier<T>(
 pub(crate) fn collect_references(
     packages: &impl ReadableTable<&'static str, &'static [u8]>,
     served: &impl ReadableTable<&'static str, &'static [u8]>,
-    out: &mut BTreeSet<BlobId>,
+    out: &mut Named,
 ) -> Result<bool, redb::StorageError> {
     let mut complete = true;
     for entry in packages.iter()? {
@@ -288,7 +312,10 @@ pub(crate) fn collect_references(
                 for tarball in stored.tarballs.values() {
                     match tarball.blob_id() {
                         Some(id) => {
-                            out.insert(id);
+                            out.ids.insert(id);
+                            if let Some(row) = tarball.row {
+                                out.rows.insert(row, id);
+                            }
                         }
                         None => complete = false,
                     }
@@ -301,7 +328,12 @@ pub(crate) fn collect_references(
         let (_, value) = entry?;
         // A served record that does not decode names nothing that can be served.
         if let Ok(decoded) = decode_index(value.value()) {
-            out.extend(decoded.tarballs.iter().map(|t| t.blob));
+            for tarball in &decoded.tarballs {
+                out.ids.insert(tarball.blob);
+                if let Some(row) = tarball.row {
+                    out.rows.insert(row, tarball.blob);
+                }
+            }
         }
     }
     Ok(complete)

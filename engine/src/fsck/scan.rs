@@ -25,7 +25,7 @@ use crate::packument::StoredPackage;
 use crate::served::{
     decode_doc, decode_index, encode_served, gzip_doc_agrees, identity_doc, DocKind,
 };
-use crate::shard::tables::{fill_manifests, manifest_keys_of};
+use crate::shard::tables::{fill_manifests, manifest_keys_of, InlineKey};
 use crate::shard::ShardStore;
 
 /// Threads that read and hash blobs in parallel.
@@ -77,6 +77,7 @@ fn scan_shard(
     report: &mut Report,
 ) -> Result<(), redb::Error> {
     scan.shard_refs.clear();
+    scan.shard_rows.clear();
     // Whether this shard's records all decode (else what it names is unknown), kept apart
     // from the other shards'.
     let complete_so_far = std::mem::replace(&mut scan.complete, true);
@@ -89,7 +90,9 @@ fn scan_shard(
 
 /// Checks the shard's inline blobs in the read transaction that scanned its records: one
 /// its records name is judged like a blob file (hash, size, integrity); one they do not name
-/// is an orphan (recorded only when every record of the shard decoded).
+/// is an orphan (recorded only when every record of the shard decoded). Rows of
+/// `inline_rows` are judged against the id the naming `TarballRef` gives; entries of
+/// `blob_inline` (data format 2) against their key.
 fn scan_inline(
     view: usize,
     txn: &redb::ReadTransaction,
@@ -97,32 +100,65 @@ fn scan_inline(
     scan: &mut Scan,
     report: &mut Report,
 ) -> Result<(), redb::Error> {
+    let mut unjudged = 0u64;
+    match txn.open_table(ShardStore::TABLE_INLINE_ROWS) {
+        Ok(rows) => {
+            for entry in rows.iter()? {
+                let (key, value) = entry?;
+                let row = key.value();
+                let bytes = value.value();
+                if let Some(id) = scan.shard_rows.get(&row).copied() {
+                    let expects = scan.refs.get(&id).map_or(&[][..], Vec::as_slice);
+                    scan.inline.insert(id, judge_bytes(&id, bytes, expects));
+                } else if shard_complete {
+                    scan.inline_orphans.push(InlineOrphan {
+                        view,
+                        key: InlineKey::Row(row),
+                        id: BlobId::of(bytes),
+                        size: bytes.len() as u64,
+                        corrupt: None,
+                    });
+                } else {
+                    unjudged += 1;
+                }
+            }
+        }
+        // A shard not yet opened by a build of data format 3.
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
     let inline = match txn.open_table(ShardStore::TABLE_BLOB_INLINE) {
-        Ok(table) => table,
-        // A shard not yet opened by a build that stores blobs inline.
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+        Ok(table) => Some(table),
+        // A shard no build of data format 2 stored tarballs in.
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
         Err(e) => return Err(e.into()),
     };
-    let mut unjudged = 0u64;
-    for entry in inline.iter()? {
-        let (key, value) = entry?;
-        let id = BlobId(*key.value());
-        let bytes = value.value();
-        if scan.shard_refs.contains(&id) {
-            let expects = scan.refs.get(&id).map_or(&[][..], Vec::as_slice);
-            scan.inline.insert(id, judge_bytes(&id, bytes, expects));
-        } else if shard_complete {
-            scan.inline_orphans.push(InlineOrphan {
-                view,
-                id,
-                size: bytes.len() as u64,
-                corrupt: match blob::verify(&id, bytes) {
-                    Ok(()) => None,
-                    Err(e) => Some(e.to_string()),
-                },
-            });
-        } else {
-            unjudged += 1;
+    if let Some(inline) = &inline {
+        for entry in inline.iter()? {
+            let (key, value) = entry?;
+            let id = BlobId(*key.value());
+            let bytes = value.value();
+            if scan.shard_refs.contains(&id) {
+                let expects = scan.refs.get(&id).map_or(&[][..], Vec::as_slice);
+                // A row holding it too was judged above; a sound copy is what a read finds.
+                let judged = judge_bytes(&id, bytes, expects);
+                if !matches!(scan.inline.get(&id), Some(BlobOutcome::Sound { .. })) {
+                    scan.inline.insert(id, judged);
+                }
+            } else if shard_complete {
+                scan.inline_orphans.push(InlineOrphan {
+                    view,
+                    key: InlineKey::Id(id),
+                    id,
+                    size: bytes.len() as u64,
+                    corrupt: match blob::verify(&id, bytes) {
+                        Ok(()) => None,
+                        Err(e) => Some(e.to_string()),
+                    },
+                });
+            } else {
+                unjudged += 1;
+            }
         }
     }
     if unjudged > 0 {
@@ -156,7 +192,7 @@ fn scan_shard_records(
     let revs = txn.open_table(ShardStore::TABLE_REVS)?;
     let manifests = match txn.open_table(ShardStore::TABLE_MANIFESTS) {
         Ok(table) => Some(table),
-        // A shard written before served format 8: every manifest is in its record.
+        // A shard written before data format 2: every manifest is in its record.
         Err(redb::TableError::TableDoesNotExist(_)) => None,
         Err(e) => return Err(e.into()),
     };
@@ -374,6 +410,9 @@ fn note_served_refs(name: &str, bytes: &[u8], scan: &mut Scan) {
     if let Ok(served) = decode_index(bytes) {
         for t in served.tarballs {
             scan.shard_refs.insert(t.blob);
+            if let Some(row) = t.row {
+                scan.shard_rows.insert(row, t.blob);
+            }
             scan.refs.entry(t.blob).or_default().push(Expect {
                 who: format!("{name} (served record, {})", t.file),
                 integrity: None,
@@ -407,6 +446,9 @@ fn check_tarball_index(name: &str, stored: &StoredPackage, scan: &mut Scan, repo
         let text = |field: &str| dist.and_then(|d| d.get(field)).and_then(Value::as_str);
         report.checked.versions += 1;
         scan.shard_refs.insert(id);
+        if let Some(row) = tarball.row {
+            scan.shard_rows.insert(row, id);
+        }
         scan.refs.entry(id).or_default().push(Expect {
             integrity: text("integrity").map(str::to_owned),
             shasum: text("shasum").map(str::to_owned),
@@ -650,27 +692,31 @@ fn lost_tarball_in(bytes: &[u8], missing: &[BlobId], scan: &Scan) -> Option<Stri
 }
 
 /// Lists the inline blobs their shard does not name as findings; returns those repair may
-/// delete (view index, id, finding index). As with files, an orphan whose content matches a
+/// delete (view index, where the shard keeps it, finding index). As with files, an orphan whose content matches a
 /// version whose blob is missing is kept.
 pub(super) fn find_inline_orphans(
     ctx: &Ctx<'_>,
     missing: &[BlobId],
     scan: &Scan,
     report: &mut Report,
-) -> Vec<(usize, BlobId, usize)> {
+) -> Vec<(usize, InlineKey, usize)> {
     let mut orphans = Vec::new();
     for orphan in &scan.inline_orphans {
         let shard = &ctx.shards[orphan.view];
+        let place = match orphan.key {
+            InlineKey::Row(row) => format!(" (row {row})"),
+            InlineKey::Id(_) => String::new(),
+        };
         let mut detail = format!(
-            "{} bytes stored inline in shard {}, named by no version and no served record of \
-             that shard",
+            "{} bytes stored inline in shard {}{place}, named by no version and no served \
+             record of that shard",
             orphan.size, shard.id.0
         );
         if let Some(corrupt) = &orphan.corrupt {
             let _ = write!(detail, "; its bytes are corrupt: {corrupt}");
         }
         let lost = if orphan.corrupt.is_none() && !missing.is_empty() {
-            read_inline(shard, &orphan.id).and_then(|bytes| lost_tarball_in(&bytes, missing, scan))
+            read_inline(shard, orphan.key).and_then(|bytes| lost_tarball_in(&bytes, missing, scan))
         } else {
             None
         };
@@ -683,18 +729,27 @@ pub(super) fn find_inline_orphans(
         }
         let index = report.push(OrphanBlob, orphan.id.to_hex(), detail);
         if lost.is_none() {
-            orphans.push((orphan.view, orphan.id, index));
+            orphans.push((orphan.view, orphan.key, index));
         }
     }
     orphans
 }
 
-/// The bytes of inline blob `id` in `shard`, if it can be read.
-fn read_inline(shard: &ShardView<'_>, id: &BlobId) -> Option<Vec<u8>> {
+/// The bytes of the inline blob at `key` in `shard`, if it can be read.
+fn read_inline(shard: &ShardView<'_>, key: InlineKey) -> Option<Vec<u8>> {
     let txn = shard.db.begin_read().ok()?;
-    let table = txn.open_table(ShardStore::TABLE_BLOB_INLINE).ok()?;
-    let value = table.get(&id.0).ok()??;
-    Some(value.value().to_vec())
+    match key {
+        InlineKey::Row(row) => {
+            let table = txn.open_table(ShardStore::TABLE_INLINE_ROWS).ok()?;
+            let value = table.get(row).ok()??;
+            Some(value.value().to_vec())
+        }
+        InlineKey::Id(id) => {
+            let table = txn.open_table(ShardStore::TABLE_BLOB_INLINE).ok()?;
+            let value = table.get(&id.0).ok()??;
+            Some(value.value().to_vec())
+        }
+    }
 }
 
 pub(super) fn find_temp_files(ctx: &Ctx<'_>, report: &mut Report) -> Vec<(PathBuf, usize)> {

@@ -4,8 +4,8 @@
 //! through `apply_batch`, called only by the shard's single writer: one write transaction per
 //! batch (group commit), committed with `Durability::Immediate`, after every blob file the
 //! batch references is durable. Tarballs of at most `limits::INLINE_BLOB_BYTES_MAX` bytes are
-//! not files: they are stored in the shard's `blob_inline` table by that same transaction
-//! (durable with the commit, no fsync of their own). A failed commit latches the store
+//! not files: they are stored in rows of the shard's `inline_rows` table by that same
+//! transaction (durable with the commit, no fsync of their own). A failed commit latches the store
 //! `Poisoned` (fail-stop): no later write is attempted until restart.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -17,8 +17,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 
 use super::tables::{
     adjust_inline_bytes, fill_manifests, manifest_key, manifest_keys_of, read_inline_bytes,
-    ServedTables, BLOB_INLINE, DOCS, LEGACY_DOCS, MANIFESTS, META, META_BASE_URL,
-    META_SERVED_FORMAT, PACKAGES, REVS, SERVED,
+    read_meta_u64, InlineKey, ServedTables, BLOB_INLINE, DOCS, INLINE_ROWS, LEGACY_DOCS, MANIFESTS,
+    META, META_BASE_URL, META_INLINE_NEXT_ROW, META_SERVED_FORMAT, PACKAGES, REVS, SERVED,
 };
 use super::{ShardId, ShardReader};
 use crate::blob::{self, BlobError, BlobId, BlobStore};
@@ -160,27 +160,33 @@ fn space_needed(
 struct BatchBlobs {
     /// Bigger than `INLINE_BLOB_BYTES_MAX`: files of the blob store.
     files: Vec<(BlobId, Vec<u8>)>,
-    /// Inline-sized, and stored neither in `blob_inline` nor (intact) as a file.
-    inline: Vec<(BlobId, Vec<u8>)>,
+    /// Inline-sized: (row, bytes), one row per new version.
+    inline: Vec<(u64, Vec<u8>)>,
 }
 
-/// True when inline-sized blob `id` must be inserted into `blob_inline`: it is not there, and
-/// no intact file holds it (a file written before inline storage existed, or an orphan a
-/// publish reuses, stays a file and is not duplicated). Runs inside the writer's transaction,
-/// so fsck's orphan deletion, which holds every shard's write transaction, cannot remove the
-/// file between this check and the commit naming it.
-fn inline_needed(
-    inline: &redb::Table<'_, &'static [u8; 32], &'static [u8]>,
-    blobs: &BlobStore,
-    id: &BlobId,
-) -> Result<bool, redb::StorageError> {
-    if let Some(stored) = inline.get(&id.0)? {
-        // A damaged copy is replaced by the republished bytes, as a damaged file would be.
-        return Ok(blob::verify(id, stored.value()).is_err());
+/// Numbers the rows of `inline_rows` a batch inserts: from the next row `meta` records (and
+/// past the table's last row), read once at the first one, then counting up; `write_inline`
+/// records where the batch stopped. Row 0 is never used (the served index encodes "no row"
+/// as 0).
+struct RowNumbers<'t, 'txn> {
+    txn: &'t redb::WriteTransaction,
+    table: &'t redb::Table<'txn, u64, &'static [u8]>,
+    next: Option<u64>,
+}
+
+impl RowNumbers<'_, '_> {
+    fn take(&mut self) -> Result<u64, redb::Error> {
+        let row = match self.next {
+            Some(row) => row,
+            None => {
+                let past_last = self.table.last()?.map_or(1, |(row, _)| row.value() + 1);
+                let recorded = read_meta_u64(&self.txn.open_table(META)?, META_INLINE_NEXT_ROW)?;
+                past_last.max(recorded)
+            }
+        };
+        self.next = Some(row + 1);
+        Ok(row)
     }
-    // A small file is cheap to verify; a damaged one is superseded by the inline copy, which
-    // every read prefers.
-    Ok(!(blobs.has(id) && blobs.read(id).is_ok()))
 }
 
 /// Free bytes on the shard's and the blob store's file systems, read once (`statvfs`) and
@@ -295,9 +301,11 @@ impl ShardStore {
     pub(crate) const TABLE_REVS: TableDefinition<'static, &'static str, u64> = REVS;
     /// The `meta` table, for fsck and backup inside the engine.
     pub(crate) const TABLE_META: TableDefinition<'static, &'static str, &'static [u8]> = META;
-    /// The `blob_inline` table, for fsck and backup inside the engine.
+    /// The `blob_inline` table (inline tarballs of data format 2), for fsck and backup.
     pub(crate) const TABLE_BLOB_INLINE: TableDefinition<'static, &'static [u8; 32], &'static [u8]> =
         BLOB_INLINE;
+    /// The `inline_rows` table, for fsck and backup inside the engine.
+    pub(crate) const TABLE_INLINE_ROWS: TableDefinition<'static, u64, &'static [u8]> = INLINE_ROWS;
     /// The `meta` key of the base URL served records were rendered for.
     pub(crate) const META_KEY_BASE_URL: &'static str = META_BASE_URL;
 
@@ -335,7 +343,7 @@ impl ShardStore {
             txn.open_table(PACKAGES)?;
             txn.open_table(MANIFESTS)?;
             txn.open_table(REVS)?;
-            txn.open_table(BLOB_INLINE)?;
+            txn.open_table(INLINE_ROWS)?;
             let stored_url = meta.get(META_BASE_URL)?.map(|v| v.value().to_vec());
             let url_stale = stored_url.as_deref() != Some(base_url.as_bytes());
             if url_stale {
@@ -519,39 +527,78 @@ impl ShardStore {
             })
     }
 
-    /// The tarball `id` when it is stored inline in this shard (`blob_inline`), verified
-    /// against its blake3 id; `None` when it is not inline (it may be a file of the blob
-    /// store). A package's inline tarballs are in the package's own shard.
+    /// The tarball `id` when it is stored inline in this shard, verified against its blake3
+    /// id: in row `row` of `inline_rows` when its `TarballRef` names one, else in
+    /// `blob_inline` (stored by a build of data format 2). `None` when it is not there (it
+    /// may be a file of the blob store). A package's inline tarballs are in the package's
+    /// own shard.
     ///
     /// # Errors
     /// redb errors; `Blob(Corrupt)` when the stored bytes do not hash to `id` (never served).
-    pub fn read_blob_inline(&self, id: &BlobId) -> Result<Option<Vec<u8>>, ReadError> {
+    pub fn read_inline(&self, id: &BlobId, row: Option<u64>) -> Result<Option<Vec<u8>>, ReadError> {
         let txn = self.db.begin_read().map_err(|e| self.read_error(e))?;
-        let table = match txn.open_table(BLOB_INLINE) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(self.read_error(e)),
+        let bytes = match row {
+            Some(row) => {
+                let table = match txn.open_table(INLINE_ROWS) {
+                    Ok(table) => table,
+                    Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                    Err(e) => return Err(self.read_error(e)),
+                };
+                let value = table.get(row).map_err(|e| self.read_error(e))?;
+                value.map(|v| v.value().to_vec())
+            }
+            None => {
+                let table = match txn.open_table(BLOB_INLINE) {
+                    Ok(table) => table,
+                    Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                    Err(e) => return Err(self.read_error(e)),
+                };
+                let value = table.get(&id.0).map_err(|e| self.read_error(e))?;
+                value.map(|v| v.value().to_vec())
+            }
         };
-        let Some(value) = table.get(&id.0).map_err(|e| self.read_error(e))? else {
+        let Some(bytes) = bytes else {
             return Ok(None);
         };
-        let bytes = value.value().to_vec();
         blob::verify(id, &bytes)?;
         Ok(Some(bytes))
     }
 
+    /// `read_inline` of the tarball of `name@version` as the package's record names it;
+    /// `None` when the package or version is unknown or its tarball is not inline.
+    ///
+    /// # Errors
+    /// As `read_inline`, and `Corrupt` when the record does not decode.
+    pub fn read_inline_of(&self, name: &str, version: &str) -> Result<Option<Vec<u8>>, ReadError> {
+        let Some(stored) = self.read_record(name, StoredPackage::decode)? else {
+            return Ok(None);
+        };
+        let Some(tarball) = stored.tarballs.get(version) else {
+            return Ok(None);
+        };
+        let Some(id) = tarball.blob_id() else {
+            return Ok(None);
+        };
+        self.read_inline(&id, tarball.row)
+    }
+
     /// Number and total bytes of the tarballs stored inline in this shard (for metrics): the
-    /// table's length and the total kept in `meta`; no scan.
+    /// lengths of `inline_rows` and `blob_inline` and the total kept in `meta`; no scan.
     ///
     /// # Errors
     /// redb errors.
     pub fn inline_blob_stats(&self) -> Result<(u64, u64), ReadError> {
         let txn = self.db.begin_read().map_err(|e| self.read_error(e))?;
-        let count = match txn.open_table(BLOB_INLINE) {
+        let rows = match txn.open_table(INLINE_ROWS) {
             Ok(table) => table.len().map_err(|e| self.read_error(e))?,
             Err(redb::TableError::TableDoesNotExist(_)) => 0,
             Err(e) => return Err(self.read_error(e)),
         };
+        let count = match txn.open_table(BLOB_INLINE) {
+            Ok(table) => table.len().map_err(|e| self.read_error(e))?,
+            Err(redb::TableError::TableDoesNotExist(_)) => 0,
+            Err(e) => return Err(self.read_error(e)),
+        } + rows;
         let meta = txn.open_table(META).map_err(|e| self.read_error(e))?;
         let bytes = read_inline_bytes(&meta).map_err(|e| self.read_error(e))?;
         Ok((count, bytes))
@@ -715,8 +762,8 @@ impl ShardStore {
     /// Applies `ops` in order in one durable transaction (group commit) and returns one result
     /// per op. An op that is refused leaves no trace; the others still commit. Blob files are
     /// made durable before the commit, so metadata never names a missing blob; inline-sized
-    /// tarballs go into `blob_inline` in the commit itself. Packages touched by several ops are
-    /// rendered once. Blocks: fsync (blob files, then the commit).
+    /// tarballs go into rows of `inline_rows` in the commit itself. Packages touched by
+    /// several ops are rendered once. Blocks: fsync (blob files, then the commit).
     pub fn apply_batch(
         &self,
         ops: Vec<WriteOp>,
@@ -762,23 +809,28 @@ impl ShardStore {
             Ok(txn) => txn,
             Err(e) => return all_fail(e.into()),
         };
-        let mut inline = match txn.open_table(BLOB_INLINE) {
+        let mut inline = match txn.open_table(INLINE_ROWS) {
             Ok(table) => table,
             Err(e) => return all_fail(e.into()),
+        };
+        let mut rows = RowNumbers {
+            txn: &txn,
+            table: &inline,
+            next: None,
         };
         let mut results = Vec::with_capacity(ops.len());
         // For each op that planned: its package and the blob files it needs.
         let mut needs: Vec<Option<(String, bool, Vec<BlobId>)>> = Vec::with_capacity(ops.len());
         let mut pending: HashMap<BlobId, Vec<u8>> = HashMap::new();
-        // Inline-sized tarballs to insert, with the package whose op brought each.
-        let mut inline_pending: HashMap<BlobId, (String, Vec<u8>)> = HashMap::new();
+        // Inline-sized tarballs to insert, by row, with the package whose op brought each.
+        let mut inline_pending: BTreeMap<u64, (String, Vec<u8>)> = BTreeMap::new();
         let mut reserved = 0u64;
         // Read at the first change that needs space, then reused for the rest of the batch.
         let mut space: Option<FreeSpace> = None;
         let mut touched: HashMap<String, StoredPackage> = HashMap::new();
         // The blobs each package named before this batch, to find those it stops naming;
         // not kept for packages only publishes touch, which stop naming none.
-        let mut before: HashMap<String, BTreeSet<BlobId>> = HashMap::new();
+        let mut before: HashMap<String, BlobsNamed> = HashMap::new();
         // For each package, its version count and revision before this batch while every op
         // on it was a publish (which only appends versions): its served documents can then be
         // extended instead of encoded again (`served::encode_appended`).
@@ -830,10 +882,10 @@ impl ShardStore {
                     continue;
                 }
             };
-            let new = match sort_blobs(&mut plan, prepared, &inline, &inline_pending, blobs) {
+            let new = match sort_blobs(&mut plan, prepared, &mut rows, blobs) {
                 Ok(new) => new,
                 Err(e) => {
-                    results.push(Err(storage(e.into())));
+                    results.push(Err(storage(e)));
                     needs.push(None);
                     continue;
                 }
@@ -860,10 +912,8 @@ impl ShardStore {
             for (id, bytes) in new.files {
                 pending.entry(id).or_insert(bytes);
             }
-            for (id, bytes) in new.inline {
-                inline_pending
-                    .entry(id)
-                    .or_insert_with(|| (name.clone(), bytes));
+            for (row, bytes) in new.inline {
+                inline_pending.insert(row, (name.clone(), bytes));
             }
             needs.push(Some((name.clone(), plan.changed, ids)));
             let outcome = match outcome {
@@ -1060,31 +1110,46 @@ impl PhaseClock {
     }
 }
 
-/// Every blob `stored` names (its tarball index), or none.
-fn blob_ids(stored: Option<&StoredPackage>) -> BTreeSet<BlobId> {
+/// Every blob a package names (its tarball index), each with where the shard keeps it when
+/// it is inline-sized (`None`: a file of the blob store).
+type BlobsNamed = Vec<(BlobId, Option<InlineKey>)>;
+
+/// The blobs `stored` names, or none.
+fn blob_ids(stored: Option<&StoredPackage>) -> BlobsNamed {
     stored
         .into_iter()
         .flat_map(|s| s.tarballs.values())
-        .filter_map(crate::packument::TarballRef::blob_id)
+        .filter_map(|tarball| {
+            let id = tarball.blob_id()?;
+            let key = match tarball.row {
+                Some(row) => Some(InlineKey::Row(row)),
+                None if tarball.size <= INLINE_BLOB_BYTES_MAX as u64 => Some(InlineKey::Id(id)),
+                None => None,
+            };
+            Some((id, key))
+        })
         .collect()
 }
 
 /// Takes `plan`'s blobs and sorts them: files (for a prepared publish, only those no longer
 /// present: online fsck may have deleted an old orphan the prepare pool found) and the
-/// inline-sized ones that must be inserted (`inline_needed`, skipping those already pending).
+/// inline-sized ones, each given the next row, which its version's `TarballRef` records.
+/// A version's tarball names that version (`publish::check_tarball`), so no other version
+/// can share its row: nothing is looked up to deduplicate.
 fn sort_blobs(
     plan: &mut Plan,
     prepared: bool,
-    inline: &redb::Table<'_, &'static [u8; 32], &'static [u8]>,
-    inline_pending: &HashMap<BlobId, (String, Vec<u8>)>,
+    rows: &mut RowNumbers<'_, '_>,
     blobs: &BlobStore,
-) -> Result<BatchBlobs, redb::StorageError> {
+) -> Result<BatchBlobs, redb::Error> {
     let mut new = BatchBlobs::default();
-    for (id, bytes) in plan.blobs.drain(..) {
+    for (version, id, bytes) in plan.blobs.drain(..) {
         if bytes.len() <= INLINE_BLOB_BYTES_MAX {
-            if !inline_pending.contains_key(&id) && inline_needed(inline, blobs, &id)? {
-                new.inline.push((id, bytes));
+            let row = rows.take()?;
+            if let Some(tarball) = plan.stored.tarballs.get_mut(&version) {
+                tarball.row = Some(row);
             }
+            new.inline.push((row, bytes));
         } else if !prepared || !blobs.has(&id) {
             // Made durable by the prepare pool; checked again here, inside this shard's
             // write transaction, because online fsck deletes old unreferenced blobs while
@@ -1095,31 +1160,32 @@ fn sort_blobs(
     Ok(new)
 }
 
-/// What a commit changes in `blob_inline`.
+/// What a commit changes in `inline_rows` (and, removing only, `blob_inline`).
 struct InlineChanges {
-    insert: Vec<(BlobId, Vec<u8>)>,
-    remove: Vec<BlobId>,
+    insert: Vec<(u64, Vec<u8>)>,
+    remove: Vec<InlineKey>,
 }
 
-/// The inline blobs to insert (pending ones that a committing package names: a package whose
+/// The inline rows to insert (pending ones that a committing package names: a package whose
 /// blob files failed commits nothing, and a version published and unpublished in one batch
-/// needs no tarball) and to remove (named before the batch by a committing package, named by
-/// no committing package after it: its versions were unpublished). A package only publishes
-/// touched (`publish_only`) names every blob its ops brought and stops naming none, so its
-/// tarball index is not read here: that was two of the three hex decodes per stored version
-/// per publish (the third encodes the served index), which together took 2.8% of a storm
-/// into packages of 21-30 versions.
+/// needs no tarball) and the inline tarballs to remove (named before the batch by a
+/// committing package, named by no committing package after it: its versions were
+/// unpublished). A package only publishes touched (`publish_only`) names every blob its ops
+/// brought and stops naming none, so its tarball index is not read here: that was two of the
+/// three hex decodes per stored version per publish (the third encodes the served index),
+/// which together took 2.8% of a storm into packages of 21-30 versions.
 ///
-/// Removing is safe because a tarball is named by one package only: every publish checks that
-/// the tarball's `package.json` names the package and version being published
-/// (`publish::check_tarball`), and a package's blobs live in its own shard. An unpublished
+/// Removing is safe because an inline tarball is named by one version only: a row by the
+/// version it was written for, and an entry of `blob_inline` by its id, which every publish
+/// ties to one package and version (`publish::check_tarball` checks that the tarball's
+/// `package.json` names them); a package's blobs live in its own shard. An unpublished
 /// `name@version` stays reserved, so its tarball is never named again.
 fn inline_changes(
     encoded: &[EncodedPackage],
     touched: &HashMap<String, StoredPackage>,
-    before: &HashMap<String, BTreeSet<BlobId>>,
+    before: &HashMap<String, BlobsNamed>,
     publish_only: &HashMap<String, Vec<String>>,
-    mut pending: HashMap<BlobId, (String, Vec<u8>)>,
+    pending: BTreeMap<u64, (String, Vec<u8>)>,
 ) -> InlineChanges {
     let mut named = BTreeSet::new();
     let mut committing_publish_only = HashSet::new();
@@ -1127,49 +1193,69 @@ fn inline_changes(
         if publish_only.contains_key(&package.name) {
             committing_publish_only.insert(package.name.as_str());
         } else {
-            named.extend(blob_ids(touched.get(&package.name)));
+            for (id, key) in blob_ids(touched.get(&package.name)) {
+                named.insert(key.unwrap_or(InlineKey::Id(id)));
+            }
         }
     }
     let insert = pending
-        .drain()
-        .filter(|(id, (owner, _))| {
-            committing_publish_only.contains(owner.as_str()) || named.contains(id)
+        .into_iter()
+        .filter(|(row, (owner, _))| {
+            committing_publish_only.contains(owner.as_str())
+                || named.contains(&InlineKey::Row(*row))
         })
-        .map(|(id, (_, bytes))| (id, bytes))
+        .map(|(row, (_, bytes))| (row, bytes))
         .collect();
     let remove = encoded
         .iter()
         .filter_map(|package| before.get(&package.name))
         .flatten()
-        .filter(|id| !named.contains(id))
-        .copied()
+        .filter_map(|(_, key)| *key)
+        .filter(|key| !named.contains(key))
         .collect();
     InlineChanges { insert, remove }
 }
 
-/// Applies `changes` to `blob_inline` and its byte total in `meta`.
+/// Applies `changes` to `inline_rows` (`blob_inline` for removals of what earlier builds
+/// stored there) and their byte total in `meta`.
 fn write_inline(
     txn: &redb::WriteTransaction,
-    inline: &mut redb::Table<'_, &'static [u8; 32], &'static [u8]>,
+    rows: &mut redb::Table<'_, u64, &'static [u8]>,
     changes: InlineChanges,
 ) -> Result<(), redb::Error> {
     if changes.insert.is_empty() && changes.remove.is_empty() {
         return Ok(());
     }
     let (mut added, mut removed) = (0u64, 0u64);
-    for (id, bytes) in &changes.insert {
-        if let Some(old) = inline.insert(&id.0, bytes.as_slice())? {
+    let next_row = changes.insert.iter().map(|(row, _)| row + 1).max();
+    for (row, bytes) in &changes.insert {
+        if let Some(old) = rows.insert(row, bytes.as_slice())? {
             removed += old.value().len() as u64;
         }
         added += bytes.len() as u64;
     }
-    for id in &changes.remove {
-        if let Some(old) = inline.remove(&id.0)? {
-            removed += old.value().len() as u64;
-        }
+    let mut legacy = None;
+    for key in &changes.remove {
+        let old = match key {
+            InlineKey::Row(row) => rows.remove(row)?.map(|old| old.value().len()),
+            InlineKey::Id(id) => {
+                let table = match &mut legacy {
+                    Some(table) => table,
+                    None => legacy.insert(txn.open_table(BLOB_INLINE)?),
+                };
+                table.remove(&id.0)?.map(|old| old.value().len())
+            }
+        };
+        removed += old.unwrap_or(0) as u64;
     }
+    drop(legacy);
     let mut meta = txn.open_table(META)?;
     adjust_inline_bytes(&mut meta, added, removed)?;
+    if let Some(next_row) = next_row {
+        if next_row > read_meta_u64(&meta, META_INLINE_NEXT_ROW)? {
+            meta.insert(META_INLINE_NEXT_ROW, &next_row.to_le_bytes()[..])?;
+        }
+    }
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! The redb tables of a shard and their encodings. Keys are canonical package names.
 //!
 //! - `packages`: name -> `StoredPackage` (JSON): the source of truth for metadata. Since
-//!   served format 8 a version's manifest is `MANIFEST_IN_ROW` there and its JSON is in
+//!   data format 2 a version's manifest is `MANIFEST_IN_ROW` there and its JSON is in
 //!   `manifests`, so a publish writes the new manifest and a record without the old ones
 //!   (records of earlier builds, with manifests inline, are read as they are).
 //! - `manifests`: `name` NUL `version` -> that version's manifest (JSON).
@@ -12,10 +12,17 @@
 //!   `doc_abbr`); opening such a shard drops those tables (`LEGACY_DOCS`).
 //! - `revs`:     name -> u64 revision: lets a core check a cached served value cheaply.
 //! - `meta`:     key -> bytes: facts about the shard (e.g. the base URL documents embed).
-//! - `blob_inline`: blake3 `BlobId` (32 bytes) -> tarball bytes, for tarballs of at most
-//!   `limits::INLINE_BLOB_BYTES_MAX` bytes of the packages in this shard. An entry is written
-//!   in the transaction that commits the version naming it, and holds exactly the bytes that
-//!   hash to its key (verified on every read, like a blob file).
+//! - `inline_rows`: u64 row -> tarball bytes, for tarballs of at most
+//!   `limits::INLINE_BLOB_BYTES_MAX` bytes of the packages in this shard (data format 3). A
+//!   row is written in the transaction that commits the version naming it, whose
+//!   `TarballRef` carries the row number and the blake3 id the bytes must hash to (verified
+//!   on every read, like a blob file). Rows are numbered in commit order, one past the
+//!   table's last, so a batch's inserts all land at the right edge of the B-tree: a few
+//!   pages per commit, where keys spread by their hash dirtied one leaf per tarball
+//!   (ARCHITECTURE.md, "Inline tarballs by row").
+//! - `blob_inline`: blake3 `BlobId` (32 bytes) -> tarball bytes, what builds of data format 2
+//!   stored inline; read for the versions whose `TarballRef` has no row, removed with them,
+//!   never written to otherwise.
 
 use redb::TableDefinition;
 
@@ -73,15 +80,41 @@ pub(crate) fn manifest_keys_of(name: &str) -> std::ops::Range<String> {
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub(crate) const BLOB_INLINE: TableDefinition<&[u8; 32], &[u8]> =
     TableDefinition::new("blob_inline");
+pub(crate) const INLINE_ROWS: TableDefinition<u64, &[u8]> = TableDefinition::new("inline_rows");
+
+/// Where a shard keeps one inline tarball.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum InlineKey {
+    /// A row of `inline_rows`.
+    Row(u64),
+    /// An entry of `blob_inline`, by the tarball's id.
+    Id(crate::blob::BlobId),
+}
 
 /// `meta` key: the public base URL the served documents were rendered for.
 pub(crate) const META_BASE_URL: &str = "base_url";
 /// `meta` key: the layout version (`served::FORMAT`, one byte) of the served values.
 pub(crate) const META_SERVED_FORMAT: &str = "served_format";
 
-/// `meta` key: total bytes of the values in `blob_inline` (u64, little-endian), kept in the
-/// transactions that change the table, so metrics need no scan.
+/// `meta` key: total bytes of the values in `inline_rows` and `blob_inline` (u64,
+/// little-endian), kept in the transactions that change them, so metrics need no scan.
 pub(crate) const META_INLINE_BLOB_BYTES: &str = "inline_blob_bytes";
+
+/// `meta` key: the next row of `inline_rows` to use (u64, little-endian), so that a row
+/// freed at the end of the table (its version unpublished) is never given to another
+/// tarball.
+pub(crate) const META_INLINE_NEXT_ROW: &str = "inline_next_row";
+
+/// A u64 `meta` value (0 when absent or not 8 bytes).
+pub(crate) fn read_meta_u64(
+    meta: &impl redb::ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<u64, redb::StorageError> {
+    Ok(meta
+        .get(key)?
+        .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
+        .map_or(0, u64::from_le_bytes))
+}
 
 /// The served tables of a write transaction, opened once for many packages.
 pub(crate) struct ServedTables<'txn> {
@@ -120,18 +153,15 @@ impl<'txn> ServedTables<'txn> {
     }
 }
 
-/// The byte total of `blob_inline` as recorded in `meta` (0 when never recorded).
+/// The byte total of the inline tarballs as recorded in `meta` (0 when never recorded).
 pub(crate) fn read_inline_bytes(
     meta: &impl redb::ReadableTable<&'static str, &'static [u8]>,
 ) -> Result<u64, redb::StorageError> {
-    Ok(meta
-        .get(META_INLINE_BLOB_BYTES)?
-        .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
-        .map_or(0, u64::from_le_bytes))
+    read_meta_u64(meta, META_INLINE_BLOB_BYTES)
 }
 
-/// Adds `added` and subtracts `removed` bytes from the `blob_inline` total in `meta`, in the
-/// caller's write transaction (the one that changes `blob_inline`).
+/// Adds `added` and subtracts `removed` bytes from the inline tarballs' total in `meta`, in
+/// the caller's write transaction (the one that changes `inline_rows` or `blob_inline`).
 pub(crate) fn adjust_inline_bytes(
     meta: &mut redb::Table<'_, &'static str, &'static [u8]>,
     added: u64,

@@ -20,7 +20,7 @@ pub(super) async fn get(name: &PackageName, file: &str, core: &Core) -> Result<R
     let tarball = index
         .tarball(file)
         .ok_or_else(|| ApiError::not_found(format!("tarball {file:?} of {name} not found")))?;
-    let (blob, size) = (tarball.blob, tarball.size);
+    let (blob, size, row) = (tarball.blob, tarball.size, tarball.row);
     let cached = core.tarballs.borrow().cached(&blob);
     let bytes = match cached {
         Some(bytes) => bytes,
@@ -40,7 +40,7 @@ pub(super) async fn get(name: &PackageName, file: &str, core: &Core) -> Result<R
         None => core
             .tarballs
             .borrow_mut()
-            .get(shard, &core.shared.blobs, &blob, size)?,
+            .get(shard, &core.shared.blobs, &blob, size, row)?,
     };
     let mut reply = Reply::json(200, bytes);
     reply.content_type = OCTET_STREAM;
