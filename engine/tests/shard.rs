@@ -82,6 +82,25 @@ impl Fixture {
         self.tarball(index.tarball(&file).unwrap())
     }
 
+    /// Unpublishes one version of `name` the way `npm unpublish name@version` does (a PUT of
+    /// the document without it).
+    fn unpublish_version(&self, name: &str, version: &str) {
+        let stored = self.store.read_stored(name).unwrap().unwrap();
+        let mut versions = stored.versions().unwrap().clone();
+        versions.remove(version);
+        let results = self.apply(vec![WriteOp::Update {
+            request: UpdateRequest {
+                name: PackageName::parse(name).unwrap(),
+                rev: None,
+                versions: Some(versions),
+                dist_tags: None,
+                maintainers: None,
+            },
+            user: "ada".into(),
+        }]);
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+    }
+
     /// The inline row `name@version`'s record names.
     fn row_of(&self, name: &str, version: &str) -> Option<u64> {
         let stored = self.store.read_stored(name).unwrap().unwrap();
@@ -716,20 +735,7 @@ fn unpublish_removes_inline_tarballs() {
     assert_eq!(fx.store.inline_blob_stats().unwrap(), (2, 7));
     let row_one = fx.row_of("u", "1.0.0");
     assert!(row_one.is_some());
-    let stored = fx.store.read_stored("u").unwrap().unwrap();
-    let mut versions = stored.versions().unwrap().clone();
-    versions.remove("1.0.0");
-    let results = fx.apply(vec![WriteOp::Update {
-        request: UpdateRequest {
-            name: PackageName::parse("u").unwrap(),
-            rev: None,
-            versions: Some(versions),
-            dist_tags: None,
-            maintainers: None,
-        },
-        user: "ada".into(),
-    }]);
-    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    fx.unpublish_version("u", "1.0.0");
     assert_eq!(
         fx.store.read_inline(&BlobId::of(&one), row_one).unwrap(),
         None
@@ -815,26 +821,7 @@ fn a_data_format_2_shard_keeps_serving_its_inline_tarballs() {
     assert_eq!(fx.row_of("old", "3.0.0"), Some(3));
     assert_eq!(fx.tarball_of("old", "3.0.0"), b"new three");
     assert_eq!(fx.store.inline_blob_stats().unwrap(), (3, 30));
-    let mut versions = fx
-        .store
-        .read_stored("old")
-        .unwrap()
-        .unwrap()
-        .versions()
-        .unwrap()
-        .clone();
-    versions.remove("1.0.0");
-    let results = fx.apply(vec![WriteOp::Update {
-        request: UpdateRequest {
-            name: PackageName::parse("old").unwrap(),
-            rev: None,
-            versions: Some(versions),
-            dist_tags: None,
-            maintainers: None,
-        },
-        user: "ada".into(),
-    }]);
-    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    fx.unpublish_version("old", "1.0.0");
     assert_eq!(fx.store.read_inline(&BlobId::of(&one), None).unwrap(), None);
     assert_eq!(fx.tarball_of("old", "2.0.0"), two);
     assert_eq!(fx.store.inline_blob_stats().unwrap(), (2, 20));
