@@ -13,7 +13,8 @@ use crate::blob::BlobId;
 use crate::packument::StoredPackage;
 use crate::served::{decode_index, encode_served};
 use crate::shard::tables::{
-    adjust_inline_bytes, fill_manifests, manifest_key, manifest_keys_of, InlineKey, ServedTables,
+    adjust_inline_bytes, fill_manifests, manifest_key, manifest_keys_of, remove_inline, InlineKey,
+    ServedTables,
 };
 use crate::shard::ShardStore;
 
@@ -228,29 +229,19 @@ fn delete_inline_unreferenced(
         if !collect_references(&packages, &served, &mut referenced)? {
             return Ok(None);
         }
-        let mut rows = None;
+        let mut rows = txn.open_table(ShardStore::TABLE_INLINE_ROWS)?;
         let mut legacy = None;
         let mut removed = 0u64;
         for (key, index) in candidates {
-            let old = match key {
-                InlineKey::Row(row) if !referenced.rows.contains_key(row) => {
-                    let table = match &mut rows {
-                        Some(table) => table,
-                        None => rows.insert(txn.open_table(ShardStore::TABLE_INLINE_ROWS)?),
-                    };
-                    table.remove(row)?.map(|old| old.value().len())
-                }
-                InlineKey::Id(id) if !referenced.ids.contains(id) => {
-                    let table = match &mut legacy {
-                        Some(table) => table,
-                        None => legacy.insert(txn.open_table(ShardStore::TABLE_BLOB_INLINE)?),
-                    };
-                    table.remove(&id.0)?.map(|old| old.value().len())
-                }
-                _ => None,
+            let named = match key {
+                InlineKey::Row(row) => referenced.rows.contains_key(row),
+                InlineKey::Id(id) => referenced.ids.contains(id),
             };
-            if let Some(len) = old {
-                removed += len as u64;
+            if named {
+                continue;
+            }
+            if let Some(len) = remove_inline(&txn, &mut rows, &mut legacy, *key)? {
+                removed += len;
                 deleted.push(*index);
             }
         }

@@ -25,7 +25,7 @@ use crate::packument::StoredPackage;
 use crate::served::{
     decode_doc, decode_index, encode_served, gzip_doc_agrees, identity_doc, DocKind,
 };
-use crate::shard::tables::{fill_manifests, manifest_keys_of, InlineKey};
+use crate::shard::tables::{fill_manifests, manifest_keys_of, read_inline_at, InlineKey};
 use crate::shard::ShardStore;
 
 /// Threads that read and hash blobs in parallel.
@@ -738,18 +738,7 @@ pub(super) fn find_inline_orphans(
 /// The bytes of the inline blob at `key` in `shard`, if it can be read.
 fn read_inline(shard: &ShardView<'_>, key: InlineKey) -> Option<Vec<u8>> {
     let txn = shard.db.begin_read().ok()?;
-    match key {
-        InlineKey::Row(row) => {
-            let table = txn.open_table(ShardStore::TABLE_INLINE_ROWS).ok()?;
-            let value = table.get(row).ok()??;
-            Some(value.value().to_vec())
-        }
-        InlineKey::Id(id) => {
-            let table = txn.open_table(ShardStore::TABLE_BLOB_INLINE).ok()?;
-            let value = table.get(&id.0).ok()??;
-            Some(value.value().to_vec())
-        }
-    }
+    read_inline_at(&txn, key).ok()?
 }
 
 pub(super) fn find_temp_files(ctx: &Ctx<'_>, report: &mut Report) -> Vec<(PathBuf, usize)> {

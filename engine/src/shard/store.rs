@@ -16,9 +16,10 @@ use std::time::SystemTime;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::tables::{
-    adjust_inline_bytes, fill_manifests, manifest_key, manifest_keys_of, read_inline_bytes,
-    read_meta_u64, InlineKey, ServedTables, BLOB_INLINE, DOCS, INLINE_ROWS, LEGACY_DOCS, MANIFESTS,
-    META, META_BASE_URL, META_INLINE_NEXT_ROW, META_SERVED_FORMAT, PACKAGES, REVS, SERVED,
+    adjust_inline_bytes, fill_manifests, manifest_key, manifest_keys_of, read_inline_at,
+    read_inline_bytes, read_meta_u64, remove_inline, InlineKey, ServedTables, BLOB_INLINE, DOCS,
+    INLINE_ROWS, LEGACY_DOCS, MANIFESTS, META, META_BASE_URL, META_INLINE_NEXT_ROW,
+    META_SERVED_FORMAT, PACKAGES, REVS, SERVED,
 };
 use super::{ShardId, ShardReader};
 use crate::blob::{self, BlobError, BlobId, BlobStore};
@@ -537,27 +538,8 @@ impl ShardStore {
     /// redb errors; `Blob(Corrupt)` when the stored bytes do not hash to `id` (never served).
     pub fn read_inline(&self, id: &BlobId, row: Option<u64>) -> Result<Option<Vec<u8>>, ReadError> {
         let txn = self.db.begin_read().map_err(|e| self.read_error(e))?;
-        let bytes = match row {
-            Some(row) => {
-                let table = match txn.open_table(INLINE_ROWS) {
-                    Ok(table) => table,
-                    Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-                    Err(e) => return Err(self.read_error(e)),
-                };
-                let value = table.get(row).map_err(|e| self.read_error(e))?;
-                value.map(|v| v.value().to_vec())
-            }
-            None => {
-                let table = match txn.open_table(BLOB_INLINE) {
-                    Ok(table) => table,
-                    Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-                    Err(e) => return Err(self.read_error(e)),
-                };
-                let value = table.get(&id.0).map_err(|e| self.read_error(e))?;
-                value.map(|v| v.value().to_vec())
-            }
-        };
-        let Some(bytes) = bytes else {
+        let key = row.map_or(InlineKey::Id(*id), InlineKey::Row);
+        let Some(bytes) = read_inline_at(&txn, key).map_err(|e| self.read_error(e))? else {
             return Ok(None);
         };
         blob::verify(id, &bytes)?;
@@ -1218,9 +1200,9 @@ fn inline_changes(
 
 /// Applies `changes` to `inline_rows` (`blob_inline` for removals of what earlier builds
 /// stored there) and their byte total in `meta`.
-fn write_inline(
-    txn: &redb::WriteTransaction,
-    rows: &mut redb::Table<'_, u64, &'static [u8]>,
+fn write_inline<'txn>(
+    txn: &'txn redb::WriteTransaction,
+    rows: &mut redb::Table<'txn, u64, &'static [u8]>,
     changes: InlineChanges,
 ) -> Result<(), redb::Error> {
     if changes.insert.is_empty() && changes.remove.is_empty() {
@@ -1236,17 +1218,7 @@ fn write_inline(
     }
     let mut legacy = None;
     for key in &changes.remove {
-        let old = match key {
-            InlineKey::Row(row) => rows.remove(row)?.map(|old| old.value().len()),
-            InlineKey::Id(id) => {
-                let table = match &mut legacy {
-                    Some(table) => table,
-                    None => legacy.insert(txn.open_table(BLOB_INLINE)?),
-                };
-                table.remove(&id.0)?.map(|old| old.value().len())
-            }
-        };
-        removed += old.unwrap_or(0) as u64;
+        removed += remove_inline(txn, rows, &mut legacy, *key)?.unwrap_or(0);
     }
     drop(legacy);
     let mut meta = txn.open_table(META)?;

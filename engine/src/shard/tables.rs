@@ -91,6 +91,49 @@ pub(crate) enum InlineKey {
     Id(crate::blob::BlobId),
 }
 
+/// The inline tarball at `key`, as stored (not verified), or `None` when it is not there (or
+/// the shard has no such table).
+pub(crate) fn read_inline_at(
+    txn: &redb::ReadTransaction,
+    key: InlineKey,
+) -> Result<Option<Vec<u8>>, redb::Error> {
+    let absent = |e: redb::TableError| match e {
+        redb::TableError::TableDoesNotExist(_) => Ok(None),
+        e => Err(redb::Error::from(e)),
+    };
+    match key {
+        InlineKey::Row(row) => match txn.open_table(INLINE_ROWS) {
+            Ok(table) => Ok(table.get(row)?.map(|v| v.value().to_vec())),
+            Err(e) => absent(e),
+        },
+        InlineKey::Id(id) => match txn.open_table(BLOB_INLINE) {
+            Ok(table) => Ok(table.get(&id.0)?.map(|v| v.value().to_vec())),
+            Err(e) => absent(e),
+        },
+    }
+}
+
+/// Removes the inline tarball at `key` in `txn`: from `rows`, or from `blob_inline`, opened
+/// at the first such key and kept in `legacy`. Returns how many bytes it held.
+pub(crate) fn remove_inline<'txn>(
+    txn: &'txn redb::WriteTransaction,
+    rows: &mut redb::Table<'txn, u64, &'static [u8]>,
+    legacy: &mut Option<redb::Table<'txn, &'static [u8; 32], &'static [u8]>>,
+    key: InlineKey,
+) -> Result<Option<u64>, redb::Error> {
+    let old = match key {
+        InlineKey::Row(row) => rows.remove(row)?.map(|old| old.value().len()),
+        InlineKey::Id(id) => {
+            let table = match legacy {
+                Some(table) => table,
+                None => legacy.insert(txn.open_table(BLOB_INLINE)?),
+            };
+            table.remove(&id.0)?.map(|old| old.value().len())
+        }
+    };
+    Ok(old.map(|len| len as u64))
+}
+
 /// `meta` key: the public base URL the served documents were rendered for.
 pub(crate) const META_BASE_URL: &str = "base_url";
 /// `meta` key: the layout version (`served::FORMAT`, one byte) of the served values.
