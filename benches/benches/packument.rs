@@ -25,7 +25,11 @@ fn bench_packument(c: &mut Criterion) {
     let stored = benches::stored_package(&express, &benches::versions(300));
     let rendered = stored.render(BASE_URL);
     let encoded = encode_served(&stored, BASE_URL);
-    let record = Bytes::from(encoded.docs[DocKind::AbbreviatedGzip.stored_index()].clone());
+    let record = Bytes::from(
+        encoded.docs[DocKind::AbbreviatedGzip.stored_index()]
+            .value
+            .clone(),
+    );
     eprintln!(
         "packument 300v: full {} B, abbreviated {} B, abbreviated gzip value {} B, index {} B",
         rendered.full.len(),
@@ -49,11 +53,19 @@ fn bench_packument(c: &mut Criterion) {
     // The publish of version 301: the served documents of the 300 versions extended (what
     // the writer does for a publish) against `encode_served_300v` of the whole package.
     let grown = benches::stored_package(&express, &benches::versions(301));
-    let old = [&encoded.docs[0][..], &encoded.docs[1][..]];
-    assert!(encode_appended(&grown, BASE_URL, 300, old).is_some());
+    let old = [&encoded.docs[0].value[..], &encoded.docs[1].value[..]];
+    let appended = encode_appended(&grown, BASE_URL, 300, old).expect("the documents fit");
+    // The next publish appends to a document whose start is in segments (served format 9):
+    // what every append after the first one after a re-render does.
+    let grown_again = benches::stored_package(&express, &benches::versions(302));
+    let open = [&appended.docs[0].value[..], &appended.docs[1].value[..]];
+    assert!(encode_appended(&grown_again, BASE_URL, 301, open).is_some());
     let mut group = c.benchmark_group("packument");
     group.bench_function("encode_appended_301v", |b| {
         b.iter(|| encode_appended(black_box(&grown), BASE_URL, 300, old));
+    });
+    group.bench_function("encode_appended_302v_segmented", |b| {
+        b.iter(|| encode_appended(black_box(&grown_again), BASE_URL, 301, open));
     });
     group.finish();
 

@@ -43,14 +43,16 @@ const MANIFEST_VERSION: u32 = 1;
 /// Tables a shard file may hold; any other table stops the backup rather than being lost.
 /// `doc_full` and `doc_abbr` are only in a shard of served format 5 that this build has not
 /// opened yet; they are not copied (opening the restored shard renders its documents again).
-const SHARD_TABLES: [&str; 11] = [
+const SHARD_TABLES: [&str; 13] = [
     "packages",
     "manifests",
     "served",
     "doc_full",
     "doc_full_gz",
+    "doc_full_gz_segments",
     "doc_abbr",
     "doc_abbr_gz",
+    "doc_abbr_gz_segments",
     "revs",
     "meta",
     "blob_inline",
@@ -356,6 +358,11 @@ fn copy_shard(
         .and_then(|()| copy_table(snapshot, &txn, ShardStore::TABLE_SERVED))
         .and_then(|()| {
             ShardStore::TABLE_DOCS
+                .into_iter()
+                .try_for_each(|table| copy_table(snapshot, &txn, table))
+        })
+        .and_then(|()| {
+            ShardStore::TABLE_DOC_SEGMENTS
                 .into_iter()
                 .try_for_each(|table| copy_table(snapshot, &txn, table))
         })

@@ -11,17 +11,20 @@
 //! Layouts (little-endian):
 //!
 //! The index (`served` table), what a tarball GET needs:
-//!   0       format u8 (= 7)
+//!   0       format u8 (= 9)
 //!   1..9    rev u64
 //!   then    base_url: u32 length + bytes
-//!   then    tarball count u32; each: file (u16 length + bytes), blob [u8; 32], size u64
+//!   then    tarball count u32; each: file (u16 length + bytes), blob [u8; 32], size u64,
+//!           inline row u64 (0: none)
 //!
 //! The gzip form of the full and of the abbreviated document (`doc_full_gz`, `doc_abbr_gz`):
-//!   0       format u8 (= 7)
+//!   0       format u8 (= 9)
 //!   1..9    rev u64
 //!   9       etag length u8, then the etag (quoted, ending in `-gz"`)
 //!   then    the cut (`Cut`): body u32, gzip u32, crc u32, chain u128, window u64
-//!   then    the gzip member, to the end of the value
+//!   then    segments u32, closed u32: how many segments hold the member's first `closed`
+//!           bytes (`doc_full_gz_segments`, `doc_abbr_gz_segments`: (name, n) -> bytes)
+//!   then    the rest of the gzip member, to the end of the value
 //!
 //! The cut is where a publish appends: documents start with `versions`, and a publish only
 //! appends versions (`packument::Rendered`). The gzip form is deflated with a sync point at
@@ -31,6 +34,15 @@
 //! their CRC-32 (the gzip trailer's continues from it), the hash chain of their version
 //! entries (the validator is derived from it and the tail) and a hash of the last entry
 //! (the compressor's dictionary, rendered again and checked against it).
+//!
+//! Bytes before a cut never change while the package only grows, so an append moves them
+//! out of the value once there are `SEGMENT_BYTES` of them past the last segment: they
+//! become the next segment, written once, and the value keeps only what follows (served
+//! format 9). What a publish rewrites is then bounded (the open part and the tail), not the
+//! whole document. A document encoded afresh (a first publish, an unpublish, a re-render)
+//! has no segments, so packages that were never appended to read one value as before; a
+//! reader of a document with segments reads them in the same transaction and assembles
+//! the whole value (`assemble_doc`) once per cache fill.
 //!
 //! Every value carries the package's revision, so a reader that combines values read at
 //! different times can tell whether they belong together. Decoding checks every length
@@ -44,7 +56,13 @@ use crate::packument::{chain_entry, AppendedDoc, Entries, StoredPackage};
 /// The layout version of every served value. A shard whose `meta` records another version
 /// (or none) re-renders all of them when opened (`ShardStore::open`).
 /// 8: each tarball entry of the index ends with its inline row (0: none).
-pub const FORMAT: u8 = 8;
+/// 9: documents keep the compressed bytes before their cut in segments (module docs).
+pub const FORMAT: u8 = 9;
+/// An append closes a segment once the compressed bytes before its new cut, past the last
+/// segment, reach this many. Small enough that the value a publish rewrites (this much at
+/// most, plus the tail) stays within a few KiB; large enough that a package grown by
+/// thousands of appends reads a few hundred segments, not thousands.
+pub const SEGMENT_BYTES: usize = 2 * 1024;
 /// Deflate levels (flate2 on its zlib-rs backend) for pre-compressed documents, by the
 /// identity document's size. The gzip form is paid once per write and served many times, but
 /// most writes are publishes of small packages. zlib-rs level 1 (deflate_quick: static
@@ -56,6 +74,12 @@ const GZIP_LEVEL_SMALL: u32 = 1;
 const GZIP_LEVEL_LARGE: u32 = 6;
 /// Documents up to this size use `GZIP_LEVEL_SMALL`.
 const GZIP_SMALL_DOC_BYTES_MAX: usize = 16 * 1024;
+/// The level of what an append deflates (the new versions and the tail), whatever the
+/// document's size: its cost is then the same for the hundredth version as for the second.
+/// Level 6 on a big document's tail (the readme, replaced by most publishes) was most of
+/// an append's CPU (ARCHITECTURE.md, "Documents in segments"); a re-render deflates the
+/// whole document at `gzip_level` again.
+const GZIP_LEVEL_APPEND: u32 = GZIP_LEVEL_SMALL;
 
 /// One representation of a packument.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -237,7 +261,28 @@ pub struct ServedCorrupt {
 pub struct EncodedServed {
     pub index: Vec<u8>,
     /// The gzip documents, indexed by `DocKind::stored_index`.
-    pub docs: [Vec<u8>; 2],
+    pub docs: [EncodedDoc; 2],
+}
+
+/// One encoded document: its value and what changes among its segments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncodedDoc {
+    /// The document value (module docs).
+    pub value: Vec<u8>,
+    /// The segment this encoding closed, by number, to be stored with the value.
+    pub segment: Option<(u32, Vec<u8>)>,
+    /// Encoded from scratch: the value has no segments, and every segment stored for the
+    /// package's earlier documents is to be dropped.
+    pub fresh: bool,
+}
+
+impl EncodedDoc {
+    /// The whole value of a document encoded from scratch (it has no segments); None for
+    /// an appended one, whose earlier segments are in the store.
+    #[must_use]
+    pub fn fresh_value(&self) -> Option<&[u8]> {
+        (self.fresh && self.segment.is_none()).then_some(&self.value[..])
+    }
 }
 
 /// Renders `stored` for `base_url` and encodes its served values.
@@ -256,9 +301,14 @@ pub fn encode_served(stored: &StoredPackage, base_url: &str) -> EncodedServed {
         rendered.abbreviated_cut,
         rendered.abbreviated_entries,
     );
+    let fresh = |value| EncodedDoc {
+        value,
+        segment: None,
+        fresh: true,
+    };
     EncodedServed {
         index: encode_index(stored, base_url),
-        docs: [full, abbreviated],
+        docs: [fresh(full), fresh(abbreviated)],
     }
 }
 
@@ -267,8 +317,10 @@ pub fn encode_served(stored: &StoredPackage, base_url: &str) -> EncodedServed {
 /// and unchanged (a publish only appends). Renders only the new versions, what follows
 /// them and the entry of the version before them, and deflates only the new parts: the
 /// compressed bytes before each cut are copied and nothing of the old document is inflated
-/// (its cut has the CRC-32, the entry chain and the dictionary's hash). The result decodes
-/// to what `encode_served` gives, though the gzip bytes differ.
+/// (its cut has the CRC-32, the entry chain and the dictionary's hash). `old` are the
+/// document values only: an append needs none of the segments before them, and closes at
+/// most one more (`SEGMENT_BYTES`). The result, assembled with the stored segments,
+/// decodes to what `encode_served` gives, though the gzip bytes differ.
 ///
 /// Bytes before a cut that are damaged are copied as they are: `fsck` finds them (by
 /// inflating every stored document), and an unpublish or a repair renders the package anew.
@@ -292,9 +344,33 @@ pub fn encode_appended(
         }
         let cut = usize::try_from(gzip.cut.body).ok()?;
         let len = cut + part.mid.len() + part.tail.len();
-        let (zipped, new_cut) = gzip_appended(window, gzip.body, gzip.cut, part, len)?;
+        let (mut open, new_cut) = gzip_appended(window, gzip, part, len)?;
         let etag = gzip_etag(&etag(part.entries.chain, &part.tail));
-        Some(doc_value(stored.rev, &etag, new_cut, &zipped))
+        let closed = usize::try_from(gzip.closed).ok()?;
+        let sealed = usize::try_from(new_cut.gzip).ok()? - closed;
+        let (segments, closed, segment) = if sealed >= SEGMENT_BYTES {
+            let rest = open.split_off(sealed);
+            let segment = std::mem::replace(&mut open, rest);
+            (
+                gzip.segments.checked_add(1)?,
+                new_cut.gzip,
+                Some((gzip.segments, segment)),
+            )
+        } else {
+            (gzip.segments, gzip.closed, None)
+        };
+        let head = DocHead {
+            rev: stored.rev,
+            etag: &etag,
+            cut: new_cut,
+            segments,
+            closed,
+        };
+        Some(EncodedDoc {
+            value: head.value(&open),
+            segment,
+            fresh: false,
+        })
     };
     let full = one(&old[0], &appended.full)?;
     let abbreviated = one(&old[1], &appended.abbreviated)?;
@@ -352,23 +428,100 @@ fn encode_gzip_doc(rev: u64, body: &[u8], cut: usize, entries: Entries) -> Vec<u
         window: xxhash_rust::xxh3::xxh3_64(window_of(&body[..cut], entries.last)),
     };
     let etag = gzip_etag(&etag(entries.chain, &body[cut..]));
-    doc_value(rev, &etag, cut_at, &zipped)
+    let head = DocHead {
+        rev,
+        etag: &etag,
+        cut: cut_at,
+        segments: 0,
+        closed: 0,
+    };
+    head.value(&zipped)
 }
 
-/// One document value: the header, then `body`.
-fn doc_value(rev: u64, etag: &str, cut: Cut, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + 60);
-    out.push(FORMAT);
-    out.extend_from_slice(&rev.to_le_bytes());
-    out.push(u8::try_from(etag.len()).expect("etags are short"));
-    out.extend_from_slice(etag.as_bytes());
-    out.extend_from_slice(&cut.body.to_le_bytes());
-    out.extend_from_slice(&cut.gzip.to_le_bytes());
-    out.extend_from_slice(&cut.crc.to_le_bytes());
-    out.extend_from_slice(&cut.chain.to_le_bytes());
-    out.extend_from_slice(&cut.window.to_le_bytes());
-    out.extend_from_slice(body);
-    out
+/// A document value's header fields.
+struct DocHead<'a> {
+    rev: u64,
+    etag: &'a str,
+    cut: Cut,
+    segments: u32,
+    closed: u32,
+}
+
+impl DocHead<'_> {
+    /// The value: this header, then `rest`, the member's bytes after the first `closed`.
+    fn value(&self, rest: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(rest.len() + 68 + self.etag.len());
+        self.write(&mut out);
+        out.extend_from_slice(rest);
+        out
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        out.push(FORMAT);
+        out.extend_from_slice(&self.rev.to_le_bytes());
+        out.push(u8::try_from(self.etag.len()).expect("etags are short"));
+        out.extend_from_slice(self.etag.as_bytes());
+        out.extend_from_slice(&self.cut.body.to_le_bytes());
+        out.extend_from_slice(&self.cut.gzip.to_le_bytes());
+        out.extend_from_slice(&self.cut.crc.to_le_bytes());
+        out.extend_from_slice(&self.cut.chain.to_le_bytes());
+        out.extend_from_slice(&self.cut.window.to_le_bytes());
+        out.extend_from_slice(&self.segments.to_le_bytes());
+        out.extend_from_slice(&self.closed.to_le_bytes());
+    }
+}
+
+/// How many segments a document value says hold the start of its member (0: the value
+/// holds all of it and decodes on its own).
+///
+/// # Errors
+/// `ServedCorrupt` when the header does not fit.
+pub fn doc_segments(value: &[u8]) -> Result<u32, ServedCorrupt> {
+    split_doc(value).map(|doc| doc.segments)
+}
+
+/// The whole value of a document stored as `value` and `segments` (its segments by number,
+/// in order): the same header with no segments, then the member assembled, which
+/// `decode_doc` reads.
+///
+/// # Errors
+/// `ServedCorrupt` when the value does not decode, a segment is missing or out of order, or
+/// the segments' bytes are not the `closed` bytes the value names.
+pub fn assemble_doc(value: &[u8], segments: &[(u32, &[u8])]) -> Result<Vec<u8>, ServedCorrupt> {
+    let doc = split_doc(value)?;
+    if segments.len() != doc.segments as usize
+        || segments
+            .iter()
+            .enumerate()
+            .any(|(i, (n, _))| *n as usize != i)
+    {
+        return Err(ServedCorrupt {
+            detail: "a segment of the document is missing",
+        });
+    }
+    let closed: usize = segments.iter().map(|(_, bytes)| bytes.len()).sum();
+    if closed != doc.closed as usize {
+        return Err(ServedCorrupt {
+            detail: "the document's segments do not hold the bytes it names",
+        });
+    }
+    let etag = std::str::from_utf8(doc.etag).map_err(|_| ServedCorrupt {
+        detail: "etag is not UTF-8",
+    })?;
+    let head = DocHead {
+        rev: doc.rev,
+        etag,
+        cut: doc.cut,
+        segments: 0,
+        closed: 0,
+    };
+    let mut out = Vec::with_capacity(value.len() + closed + 8);
+    head.write(&mut out);
+    for (_, bytes) in segments {
+        out.extend_from_slice(bytes);
+    }
+    out.extend_from_slice(doc.body);
+    Ok(out)
 }
 
 /// Decodes an index value.
@@ -426,12 +579,19 @@ pub fn doc_rev(buf: &[u8]) -> Option<u64> {
     split_doc(buf).ok().map(|doc| doc.rev)
 }
 
-/// Decodes a document value; the returned `Bytes` share `buf`'s allocation.
+/// Decodes a whole document value (one without segments, or one `assemble_doc` made); the
+/// returned `Bytes` share `buf`'s allocation.
 ///
 /// # Errors
-/// `ServedCorrupt` when the header does not fit or the etag is not a quoted validator.
+/// `ServedCorrupt` when the header does not fit, the etag is not a quoted validator, or the
+/// value has segments.
 pub fn decode_doc(buf: Bytes) -> Result<ServedDoc, ServedCorrupt> {
     let split = split_doc(&buf)?;
+    if split.segments != 0 || split.closed != 0 {
+        return Err(ServedCorrupt {
+            detail: "the document's segments are not assembled",
+        });
+    }
     let etag_at = split.etag.as_ptr() as usize - buf.as_ptr() as usize;
     let body_at = buf.len() - split.body.len();
     Ok(ServedDoc {
@@ -495,6 +655,10 @@ struct SplitDoc<'a> {
     rev: u64,
     etag: &'a [u8],
     cut: Cut,
+    segments: u32,
+    /// Bytes of the member in the segments.
+    closed: u32,
+    /// The member's bytes after the first `closed`.
     body: &'a [u8],
 }
 
@@ -520,10 +684,19 @@ fn split_doc(buf: &[u8]) -> Result<SplitDoc<'_>, ServedCorrupt> {
         chain: r.u128()?,
         window: r.u64()?,
     };
+    let segments = r.u32()?;
+    let closed = r.u32()?;
+    if (segments == 0) != (closed == 0) {
+        return Err(ServedCorrupt {
+            detail: "segments and their bytes disagree",
+        });
+    }
     Ok(SplitDoc {
         rev,
         etag,
         cut,
+        segments,
+        closed,
         body: &buf[r.at..],
     })
 }
@@ -614,23 +787,32 @@ fn gzip_with_cut(bytes: &[u8], cut: usize) -> (Vec<u8>, usize) {
     })
 }
 
-/// The gzip body of `prefix + part.mid + part.tail` (`len` bytes) from `old`, the gzip body
-/// of `prefix + old tail` with its cut `cut` after `prefix`, where `window` is the end of
-/// `prefix`: `old` up to that sync point, then `mid` deflated with `window` as its
+/// The gzip member of `prefix + part.mid + part.tail` (`len` bytes) from `old`, the stored
+/// document of `prefix + old tail` with its cut after `prefix`, where `window` is the end of
+/// `prefix`: the member up to that sync point, then `mid` deflated with `window` as its
 /// dictionary (the decoder's window at that point ends with exactly those bytes), a new
-/// sync point, and `tail`. Returns the body and its cut; None when `cut` does not fit `old`.
+/// sync point, and `tail`. Returns the member's bytes after `old.closed` (those before are
+/// in segments and stay) and the new cut; None when the cut does not fit `old`.
 fn gzip_appended(
     window: &[u8],
-    old: &[u8],
-    cut: Cut,
+    old: &SplitDoc<'_>,
     part: &AppendedDoc,
     len: usize,
 ) -> Option<(Vec<u8>, Cut)> {
+    let cut = old.cut;
+    let closed = usize::try_from(old.closed).ok()?;
     let gzip_cut = usize::try_from(cut.gzip).ok()?;
-    let kept = old
-        .get(..gzip_cut)
-        .filter(|k| k.len() >= GZIP_HEADER_BYTES + SYNC_MARKER.len() && k.ends_with(SYNC_MARKER))?;
-    let level = gzip_level(len);
+    // The kept bytes end at a sync point: checked here when the value holds them, and when
+    // a segment was closed at it otherwise.
+    let kept = old.body.get(..gzip_cut.checked_sub(closed)?)?;
+    let sound = if kept.is_empty() {
+        closed >= GZIP_HEADER_BYTES + SYNC_MARKER.len()
+    } else {
+        gzip_cut >= GZIP_HEADER_BYTES + SYNC_MARKER.len() && kept.ends_with(SYNC_MARKER)
+    };
+    if !sound {
+        return None;
+    }
     let new_cut = Cut {
         body: cut.body.checked_add(u32::try_from(part.mid.len()).ok()?)?,
         gzip: 0,
@@ -638,7 +820,7 @@ fn gzip_appended(
         chain: part.entries.chain,
         window: xxhash_rust::xxh3::xxh3_64(window_of(&part.mid, part.entries.last)),
     };
-    let out = with_deflate(level, |deflate| {
+    let out = with_deflate(GZIP_LEVEL_APPEND, |deflate| {
         if !window.is_empty() {
             deflate
                 .set_dictionary(window)
@@ -647,7 +829,7 @@ fn gzip_appended(
         let mut out = Vec::with_capacity(kept.len() + (part.mid.len() + part.tail.len()) / 3);
         out.extend_from_slice(kept);
         deflate_into(deflate, &part.mid, &mut out, flate2::FlushCompress::Sync);
-        let gzip = out.len();
+        let gzip = closed + out.len();
         deflate_into(deflate, &part.tail, &mut out, flate2::FlushCompress::Finish);
         gzip_trailer(
             &mut out,
@@ -904,13 +1086,23 @@ mod tests {
         let mut stored = sample();
         let base = "http://h";
         let mut served: Option<EncodedServed> = None;
+        let mut segments = [Segments::default(), Segments::default()];
         for n in 0..60u32 {
             let version = format!("1.0.{n}");
             let manifest = json!({
                 "name": "a", "version": version,
                 "description": format!("release {n} {}", "lorem ipsum ".repeat((n % 7) as usize * 40)),
                 "dependencies": {"b": format!("^{n}.0.0")},
-                "dist": {"tarball": format!("a/-/a-{version}.tgz"), "shasum": format!("{n:040}")}
+                "dist": {
+                    "tarball": format!("a/-/a-{version}.tgz"),
+                    "shasum": format!("{n:040}"),
+                    // As incompressible as real integrity strings.
+                    "integrity": format!(
+                        "sha512-{}{}",
+                        BlobId::of(version.as_bytes()).to_hex(),
+                        BlobId::of(&n.to_le_bytes()).to_hex()
+                    )
+                }
             });
             let from = stored.versions().map_or(0, serde_json::Map::len);
             let Some(Value::Object(versions)) = stored.doc.get_mut("versions") else {
@@ -927,20 +1119,21 @@ mod tests {
             let fresh = encode_served(&stored, base);
             let next = match &served {
                 None => fresh.clone(),
-                Some(old) => {
-                    let old = [&old.docs[0][..], &old.docs[1][..]];
-                    encode_appended(&stored, base, from, old).expect("the old documents fit")
-                }
+                Some(old) => encode_appended(&stored, base, from, values(old))
+                    .expect("the old documents fit"),
             };
             assert_eq!(next.index, fresh.index);
-            for i in 0..2 {
-                let fresh_doc = doc_of(&fresh.docs[i]);
+            for ((kept, doc), fresh) in segments.iter_mut().zip(&next.docs).zip(&fresh.docs) {
+                let whole = kept.store(doc);
+                // What a publish rewrites is bounded: the open part and the tail.
+                assert!(doc.value.len() < SEGMENT_BYTES + 4 * 1024 || n == 0);
+                let fresh_doc = doc_of(fresh.fresh_value().unwrap());
                 let body = identity_doc(&fresh_doc).unwrap().body;
                 assert!(
-                    gzip_doc_agrees(&doc_of(&next.docs[i]), &fresh_doc, &body),
+                    gzip_doc_agrees(&doc_of(&whole), &fresh_doc, &body),
                     "after {version}"
                 );
-                let doc = decode_doc(Bytes::from(next.docs[i].clone())).unwrap();
+                let doc = decode_doc(Bytes::from(whole)).unwrap();
                 let mut back = Vec::new();
                 flate2::read::GzDecoder::new(&doc.body[..])
                     .read_to_end(&mut back)
@@ -949,15 +1142,49 @@ mod tests {
             }
             served = Some(next);
         }
-        let full = identity_doc(&doc_of(&served.unwrap().docs[0])).unwrap();
+        let closed = [segments[0].0.len(), segments[1].0.len()];
+        assert!(
+            closed[0] > 3 && closed[1] > 2,
+            "appends closed segments: {closed:?}"
+        );
+        let full = identity_doc(&doc_of(&segments[0].whole(&served.unwrap().docs[0]))).unwrap();
         assert!(
             full.body.len() > 64 * 1024,
             "the documents grew past the window"
         );
     }
 
+    /// A document's stored segments, as the shard keeps them.
+    #[derive(Default)]
+    struct Segments(std::collections::BTreeMap<u32, Vec<u8>>);
+
+    impl Segments {
+        /// Stores `doc` as the shard's writer does; returns the whole value.
+        fn store(&mut self, doc: &EncodedDoc) -> Vec<u8> {
+            if doc.fresh {
+                self.0.clear();
+            }
+            if let Some((n, bytes)) = &doc.segment {
+                assert!(
+                    self.0.insert(*n, bytes.clone()).is_none(),
+                    "segment {n} again"
+                );
+            }
+            self.whole(doc)
+        }
+
+        fn whole(&self, doc: &EncodedDoc) -> Vec<u8> {
+            let parts: Vec<(u32, &[u8])> = self.0.iter().map(|(n, b)| (*n, &b[..])).collect();
+            assemble_doc(&doc.value, &parts).unwrap()
+        }
+    }
+
     fn doc_of(value: &[u8]) -> ServedDoc {
         decode_doc(Bytes::copy_from_slice(value)).unwrap()
+    }
+
+    fn values(encoded: &EncodedServed) -> [&[u8]; 2] {
+        [&encoded.docs[0].value[..], &encoded.docs[1].value[..]]
     }
 
     fn as_refs(d: &[Vec<u8>; 2]) -> [&[u8]; 2] {
@@ -985,17 +1212,29 @@ mod tests {
             json!({"dist": {"tarball": "a/-/a-1.0.1.tgz"}}),
         );
         stored.rev += 1;
-        let docs = |o: &EncodedServed| o.docs.clone();
+        let docs = |o: &EncodedServed| [o.docs[0].value.clone(), o.docs[1].value.clone()];
         assert!(encode_appended(&stored, "http://h", 1, as_refs(&docs(&old))).is_some());
         assert!(encode_appended(&stored, "http://h", 0, as_refs(&docs(&old))).is_none());
         assert!(encode_appended(&stored, "http://h", 2, as_refs(&docs(&old))).is_none());
         // A gzip cut past its body, a dictionary hash that is not the last entry's, and a
         // last manifest that is a placeholder (it renders otherwise) are refused.
-        let mut bad = docs(&old);
+        let bad = docs(&old);
         let at = 10 + decode_doc(Bytes::from(bad[0].clone())).unwrap().etag.len() + 4;
+        // Segments the value does not have are refused, and so is a value that names some.
+        let mut bad = docs(&old);
+        bad[0][at + 36..at + 40].copy_from_slice(&1u32.to_le_bytes());
+        assert!(encode_appended(&stored, "http://h", 1, as_refs(&bad)).is_none());
+        assert!(decode_doc(Bytes::from(bad[0].clone())).is_err());
+        bad[0][at + 40..at + 44].copy_from_slice(&16u32.to_le_bytes());
+        assert!(decode_doc(Bytes::from(bad[0].clone())).is_err());
+        assert!(assemble_doc(&bad[0], &[]).is_err());
+        assert!(assemble_doc(&bad[0], &[(1, &[0; 16])]).is_err());
+        assert!(assemble_doc(&bad[0], &[(0, &[0; 15])]).is_err());
+        let mut bad = docs(&old);
         bad[0][at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(encode_appended(&stored, "http://h", 1, as_refs(&bad)).is_none());
-        // The cut: gzip (at), crc (at + 4), chain (at + 8), window (at + 24), then the member.
+        // The cut: gzip (at), crc (at + 4), chain (at + 8), window (at + 24), then segments
+        // (at + 32), closed (at + 36) and the member.
         let mut bad = docs(&old);
         bad[1][at + 24] ^= 1;
         assert!(encode_appended(&stored, "http://h", 1, as_refs(&bad)).is_none());
@@ -1008,14 +1247,15 @@ mod tests {
         assert!(encode_appended(&placeholder, "http://h", 1, as_refs(&docs_of_old)).is_none());
         // Damage before the cut is copied, not read: the result no longer agrees with a fresh
         // encoding, which is how fsck finds it.
-        let member_at = at + 32;
+        let member_at = at + 40;
         let mut bad = docs(&old);
         bad[0][member_at + 16] ^= 0x55;
         let copied = encode_appended(&stored, "http://h", 1, as_refs(&bad)).unwrap();
-        let fresh_full = doc_of(&encode_served(&stored, "http://h").docs[0]);
+        let fresh_full = doc_of(&encode_served(&stored, "http://h").docs[0].value);
         let fresh_identity = identity_doc(&fresh_full).unwrap().body;
+        assert!(copied.docs[0].segment.is_none());
         assert!(!gzip_doc_agrees(
-            &doc_of(&copied.docs[0]),
+            &doc_of(&copied.docs[0].value),
             &fresh_full,
             &fresh_identity
         ));
@@ -1028,14 +1268,14 @@ mod tests {
         assert_eq!(mended, fresh);
         assert!(encode_appended(&stored, "http://h", 1, [b"", b""]).is_none());
         // fsck's check: a sound gzip form agrees; a moved sync point or other bytes do not.
-        let sound = doc_of(&old.docs[0]);
+        let sound = doc_of(&old.docs[0].value);
         let identity = identity_doc(&sound).unwrap().body;
         assert!(gzip_doc_agrees(&sound, &sound, &identity));
-        let mut moved = old.docs[0].clone();
+        let mut moved = old.docs[0].value.clone();
         let gzip_cut = u32::from_le_bytes(moved[at..at + 4].try_into().unwrap());
         moved[at..at + 4].copy_from_slice(&(gzip_cut - 1).to_le_bytes());
         assert!(!gzip_doc_agrees(&doc_of(&moved), &sound, &identity));
-        let mut flipped = old.docs[0].clone();
+        let mut flipped = old.docs[0].value.clone();
         flipped[last] ^= 0x55;
         assert!(!gzip_doc_agrees(&doc_of(&flipped), &sound, &identity));
         assert!(identity_doc(&doc_of(&flipped)).is_err());
@@ -1051,6 +1291,14 @@ mod tests {
             let buf = Bytes::from(bytes);
             if let Ok(doc) = decode_doc(buf.clone()) {
                 proptest::prop_assert!(doc.body.len() + doc.etag.len() <= buf.len());
+            }
+            // A value naming segments assembles only with exactly those bytes.
+            let count = doc_segments(&buf).unwrap_or(0);
+            let part = [0u8; 16];
+            let parts: Vec<(u32, &[u8])> = (0..count.min(4)).map(|n| (n, &part[..])).collect();
+            if let Ok(whole) = assemble_doc(&buf, &parts) {
+                proptest::prop_assert!(whole.len() == buf.len() + 16 * parts.len());
+                proptest::prop_assert!(decode_doc(Bytes::from(whole)).is_ok());
             }
             if let Ok(index) = decode_index(&buf) {
                 proptest::prop_assert!(index.tarballs.len() * BLOB_ID_BYTES <= buf.len());
@@ -1092,7 +1340,7 @@ mod tests {
             assert!(decode_index(&encoded.index[..cut]).is_err());
         }
         let rendered = stored.render("http://h");
-        let docs: Vec<ServedDoc> = encoded.docs.iter().map(|d| doc_of(d)).collect();
+        let docs: Vec<ServedDoc> = encoded.docs.iter().map(|d| doc_of(&d.value)).collect();
         assert!(docs.iter().all(|d| d.rev == 7));
         let identity = |kind: DocKind| identity_doc(&docs[kind.stored_index()]).unwrap();
         assert_eq!(identity(DocKind::Full).body, rendered.full);
@@ -1104,7 +1352,7 @@ mod tests {
         );
         assert_ne!(docs[0].etag, docs[1].etag);
         for cut in 0..10 + docs[0].etag.len() {
-            assert!(decode_doc(Bytes::copy_from_slice(&encoded.docs[0][..cut])).is_err());
+            assert!(decode_doc(Bytes::copy_from_slice(&encoded.docs[0].value[..cut])).is_err());
         }
         // A truncated gzip member does not inflate.
         for cut in [1, 8, 20] {
@@ -1117,7 +1365,7 @@ mod tests {
     #[test]
     fn both_encodings_share_a_validator() {
         let encoded = encode_served(&sample(), "http://h");
-        let gzip = doc_of(&encoded.docs[0]);
+        let gzip = doc_of(&encoded.docs[0].value);
         let identity = identity_doc(&gzip).unwrap();
         assert!(gzip.etag.ends_with(b"-gz\""));
         assert_eq!(
@@ -1130,7 +1378,7 @@ mod tests {
             assert!(!doc.etag_matches(b"\"other\""));
             assert!(!doc.etag_matches(&identity.etag[1..]));
         }
-        let abbreviated = identity_doc(&doc_of(&encoded.docs[1])).unwrap();
+        let abbreviated = identity_doc(&doc_of(&encoded.docs[1].value)).unwrap();
         assert!(!abbreviated.etag_matches(&identity.etag));
     }
 }

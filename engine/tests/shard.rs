@@ -25,6 +25,10 @@ const BASE: &str = "http://127.0.0.1:4873";
 const INLINE_ROWS: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("inline_rows");
 const BLOB_INLINE: redb::TableDefinition<&[u8; 32], &[u8]> =
     redb::TableDefinition::new("blob_inline");
+const DOC_SEGMENTS: [redb::TableDefinition<(&str, u32), &[u8]>; 2] = [
+    redb::TableDefinition::new("doc_full_gz_segments"),
+    redb::TableDefinition::new("doc_abbr_gz_segments"),
+];
 
 fn request(name: &str, version: &str, tarball: &[u8]) -> PublishRequest {
     let Value::Object(manifest) = json!({"name": name, "version": version}) else {
@@ -160,7 +164,8 @@ fn publishes_extend_the_stored_documents() {
         for kind in DocKind::STORED {
             let doc = f.store.read_doc("grows", kind).unwrap().unwrap();
             let fresh_doc =
-                engine::served::decode_doc(fresh.docs[kind.stored_index()].clone().into()).unwrap();
+                engine::served::decode_doc(fresh.docs[kind.stored_index()].value.clone().into())
+                    .unwrap();
             assert_eq!(
                 doc.body == fresh_doc.body,
                 minor == 0,
@@ -169,6 +174,105 @@ fn publishes_extend_the_stored_documents() {
             );
         }
     }
+}
+
+/// Segments of each document of `name`, counted with the store closed.
+fn segments_of(fx: Fixture, name: &str) -> (Fixture, [usize; 2]) {
+    let Fixture { dir, store, blobs } = fx;
+    drop(store);
+    let path = dir.path().join("s.redb");
+    let mut counts = [0; 2];
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
+        for (count, table) in counts.iter_mut().zip(DOC_SEGMENTS) {
+            *count = match txn.open_table(table) {
+                Ok(table) => redb::ReadableTable::range(&table, (name, 0u32)..=(name, u32::MAX))
+                    .unwrap()
+                    .count(),
+                Err(redb::TableError::TableDoesNotExist(_)) => 0,
+                Err(e) => panic!("{e}"),
+            };
+        }
+    }
+    let store = ShardStore::open(&path, ShardId(0), BASE).unwrap();
+    (Fixture { dir, store, blobs }, counts)
+}
+
+/// Goal: a document grown by appends keeps its start in segments, written once each, and
+/// every read (gzip and identity, through a kept reader too, after a reopen) serves what a
+/// fresh encoding serves; a re-render (an unpublish) and a tombstone drop the segments.
+/// Method: 40 versions published one batch at a time, the segment tables counted with the
+/// store closed.
+#[test]
+fn appended_documents_keep_their_start_in_segments() {
+    let mut fx = Fixture::new();
+    let mut reader = ShardReader::new();
+    let mut last = [0usize; 2];
+    for patch in 0..40 {
+        let version = format!("1.0.{patch}");
+        let results = fx.apply(vec![publish("seg", &version, version.as_bytes())]);
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        let stored = fx.store.read_stored("seg").unwrap().unwrap();
+        assert_served_like_fresh(&fx, "seg", &stored);
+        let kept = reader
+            .read_doc(
+                &fx.store,
+                fx.store.generation(),
+                "seg",
+                DocKind::Abbreviated,
+            )
+            .unwrap()
+            .unwrap();
+        let direct = fx
+            .store
+            .read_doc("seg", DocKind::Abbreviated)
+            .unwrap()
+            .unwrap();
+        assert_eq!(kept.body, direct.body);
+        if patch % 10 == 9 {
+            let counts;
+            (fx, counts) = segments_of(fx, "seg");
+            assert!(counts[0] >= last[0] && counts[1] >= last[1], "{counts:?}");
+            last = counts;
+        }
+    }
+    assert!(
+        last[0] >= 2 && last[1] >= 1,
+        "appends closed segments: {last:?}"
+    );
+    let stored = fx.store.read_stored("seg").unwrap().unwrap();
+    assert_served_like_fresh(&fx, "seg", &stored);
+    assert_eq!(fx.full("seg")["versions"].as_object().unwrap().len(), 40);
+    // A re-render starts the documents over, without segments.
+    fx.unpublish_version("seg", "1.0.3");
+    let stored = fx.store.read_stored("seg").unwrap().unwrap();
+    assert_served_like_fresh(&fx, "seg", &stored);
+    let (fx, counts) = segments_of(fx, "seg");
+    assert_eq!(counts, [0, 0]);
+    // Appends after it close segments again; a tombstone drops them.
+    for patch in 40..70 {
+        let version = format!("1.0.{patch}");
+        let results = fx.apply(vec![publish("seg", &version, version.as_bytes())]);
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+    }
+    let stored = fx.store.read_stored("seg").unwrap().unwrap();
+    assert_served_like_fresh(&fx, "seg", &stored);
+    let (fx, counts) = segments_of(fx, "seg");
+    assert!(counts[0] >= 1, "{counts:?}");
+    let results = fx.apply(vec![WriteOp::UnpublishAll {
+        name: PackageName::parse("seg").unwrap(),
+        rev: None,
+        user: "ada".into(),
+    }]);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert!(fx
+        .store
+        .read_doc("seg", DocKind::FullGzip)
+        .unwrap()
+        .is_none());
+    let (_, counts) = segments_of(fx, "seg");
+    assert_eq!(counts, [0, 0]);
 }
 
 #[test]
@@ -524,7 +628,8 @@ fn assert_served_like_fresh(f: &Fixture, name: &str, stored: &engine::packument:
     for kind in [DocKind::Full, DocKind::Abbreviated] {
         let identity = f.store.read_doc(name, kind).unwrap().unwrap();
         let fresh_gzip =
-            engine::served::decode_doc(fresh.docs[kind.stored_index()].clone().into()).unwrap();
+            engine::served::decode_doc(fresh.docs[kind.stored_index()].value.clone().into())
+                .unwrap();
         let fresh_identity = engine::served::identity_doc(&fresh_gzip).unwrap();
         assert_eq!(
             identity.body,

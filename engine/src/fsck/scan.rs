@@ -23,9 +23,12 @@ use crate::blob::{self, BlobError, BlobId, BlobStore};
 use crate::integrity;
 use crate::packument::StoredPackage;
 use crate::served::{
-    decode_doc, decode_index, encode_served, gzip_doc_agrees, identity_doc, DocKind,
+    assemble_doc, decode_doc, decode_index, doc_segments, encode_served, gzip_doc_agrees,
+    identity_doc, DocKind,
 };
-use crate::shard::tables::{fill_manifests, manifest_keys_of, read_inline_at, InlineKey};
+use crate::shard::tables::{
+    fill_manifests, manifest_keys_of, read_inline_at, read_segments, InlineKey,
+};
 use crate::shard::ShardStore;
 
 /// Threads that read and hash blobs in parallel.
@@ -189,6 +192,15 @@ fn scan_shard_records(
             Err(e) => return Err(e.into()),
         });
     }
+    let mut segment_tables = Vec::with_capacity(ShardStore::TABLE_DOC_SEGMENTS.len());
+    for table in ShardStore::TABLE_DOC_SEGMENTS {
+        segment_tables.push(match txn.open_table(table) {
+            Ok(table) => Some(table),
+            // A shard of served format 8 or older: no document has segments.
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(e.into()),
+        });
+    }
     let revs = txn.open_table(ShardStore::TABLE_REVS)?;
     let manifests = match txn.open_table(ShardStore::TABLE_MANIFESTS) {
         Ok(table) => Some(table),
@@ -225,11 +237,51 @@ fn scan_shard_records(
         let mut values = ServedValues {
             index: served.get(name.as_str())?.map(|v| v.value().to_vec()),
             docs: Default::default(),
+            segments: 0,
+            problems: Vec::new(),
         };
-        for (slot, table) in values.docs.iter_mut().zip(&docs) {
-            if let Some(table) = table {
-                *slot = table.get(name.as_str())?.map(|v| v.value().to_vec());
+        for (kind, ((slot, table), segment_table)) in DocKind::STORED
+            .into_iter()
+            .zip(values.docs.iter_mut().zip(&docs).zip(&segment_tables))
+        {
+            let segments = match segment_table {
+                Some(table) => read_segments(table, &name)?,
+                None => Vec::new(),
+            };
+            values.segments += segments.len();
+            let Some(value) = (match table {
+                Some(table) => table.get(name.as_str())?.map(|v| v.value().to_vec()),
+                None => None,
+            }) else {
+                continue;
+            };
+            // A value with segments is judged whole; segments past its count are stray.
+            let count = doc_segments(&value).unwrap_or(0) as usize;
+            let parts: Vec<(u32, &[u8])> = segments
+                .iter()
+                .filter(|(n, _)| (*n as usize) < count)
+                .map(|(n, bytes)| (*n, &bytes[..]))
+                .collect();
+            let stray = segments.len() - parts.len();
+            if stray > 0 {
+                values.problems.push(format!(
+                    "the served {} document has {stray} segments it does not use",
+                    kind.label()
+                ));
             }
+            *slot = Some(if count == 0 {
+                value
+            } else {
+                match assemble_doc(&value, &parts) {
+                    Ok(whole) => whole,
+                    Err(e) => {
+                        values
+                            .problems
+                            .push(format!("the served {} document: {e}", kind.label()));
+                        value
+                    }
+                }
+            });
         }
         let rev = revs.get(name.as_str())?.map(|v| v.value());
         let mut found = check_package(shard, &name, &stored, &values, rev, scan, report);
@@ -286,6 +338,20 @@ fn scan_shard_records(
             }
         }
     }
+    for (kind, table) in DocKind::STORED.into_iter().zip(&segment_tables) {
+        let Some(table) = table else { continue };
+        let mut last: Option<String> = None;
+        for entry in table.iter()? {
+            let (key, _) = entry?;
+            let (name, _) = key.value();
+            if !names.contains(name) && last.as_deref() != Some(name) {
+                let detail = format!("served {} document segments with no package", kind.label());
+                let i = report.push(StaleServed, name, detail);
+                fixes.entry(name.to_owned()).or_default().push(i);
+                last = Some(name.to_owned());
+            }
+        }
+    }
     for entry in revs.iter()? {
         let (key, _) = entry?;
         let name = key.value();
@@ -294,15 +360,19 @@ fn scan_shard_records(
             fixes.entry(name.to_owned()).or_default().push(i);
         }
     }
-    drop((packages, served, docs, revs, manifests));
+    drop((packages, served, docs, segment_tables, revs, manifests));
     Ok(txn)
 }
 
 /// One package's served values as stored: the index and the documents by
-/// `DocKind::stored_index`.
+/// `DocKind::stored_index` (assembled with their segments when they have any).
 struct ServedValues {
     index: Option<Vec<u8>>,
     docs: [Option<Vec<u8>>; 2],
+    /// Segments stored under the package's name, in both documents.
+    segments: usize,
+    /// What assembling the documents found wrong.
+    problems: Vec<String>,
 }
 
 /// Checks one decoded package against its served values and rev; returns the indices of the
@@ -323,7 +393,8 @@ fn check_package(
         if let Some(bytes) = &served.index {
             note_served_refs(name, bytes, scan);
         }
-        if served.index.is_some() || served.docs.iter().any(Option::is_some) {
+        if served.index.is_some() || served.docs.iter().any(Option::is_some) || served.segments > 0
+        {
             fixable.push(report.push(
                 StaleServed,
                 name,
@@ -358,6 +429,9 @@ fn served_problem(
     let Some(bytes) = &served.index else {
         return Some("the served record is missing".into());
     };
+    if let Some(problem) = served.problems.first() {
+        return Some(problem.clone());
+    }
     let decoded = match decode_index(bytes) {
         Ok(decoded) => decoded,
         Err(e) => return Some(format!("the served record is garbage: {e}")),
@@ -386,7 +460,9 @@ fn served_problem(
         // A gzip form built by appends has other bytes than a fresh one: it must inflate to
         // the fresh document and keep a sound cut (`served::gzip_doc_agrees`).
         let decode = |value: &[u8]| decode_doc(bytes::Bytes::copy_from_slice(value)).ok();
-        let fresh = decode(&fresh.docs[kind.stored_index()]);
+        let fresh = fresh.docs[kind.stored_index()]
+            .fresh_value()
+            .and_then(decode);
         let identity = fresh.as_ref().and_then(|f| identity_doc(f).ok());
         let agrees = match (decode(doc), fresh, identity) {
             (Some(stored), Some(fresh), Some(identity)) => {

@@ -25,11 +25,15 @@
 use bytes::Bytes;
 use redb::{ReadOnlyTable, ReadTransaction, ReadableDatabase};
 
-use super::tables::{DOCS, REVS, SERVED};
+use super::tables::{DOCS, DOC_SEGMENTS, REVS, SERVED};
 use super::{ReadError, ShardStore};
-use crate::served::{decode_doc, decode_index, identity_doc, DocKind, ServedDoc, ServedIndex};
+use crate::served::{
+    assemble_doc, decode_doc, decode_index, doc_segments, identity_doc, DocKind, ServedDoc,
+    ServedIndex,
+};
 
 type BytesTable = ReadOnlyTable<&'static str, &'static [u8]>;
+type SegmentsTable = ReadOnlyTable<(&'static str, u32), &'static [u8]>;
 
 struct Snapshot {
     /// The generation the caller had read before this transaction was begun.
@@ -37,6 +41,7 @@ struct Snapshot {
     txn: ReadTransaction,
     revs: Option<ReadOnlyTable<&'static str, u64>>,
     docs: [Option<BytesTable>; 2],
+    segments: [Option<SegmentsTable>; 2],
     index: Option<BytesTable>,
 }
 
@@ -84,6 +89,7 @@ impl ShardReader {
                 txn,
                 revs: None,
                 docs: [None, None],
+                segments: [None, None],
                 index: None,
             });
         }
@@ -139,8 +145,9 @@ impl ShardReader {
     }
 
     /// One pre-rendered document of the package (one copy out of redb into a shared buffer;
-    /// an identity kind is the stored gzip form inflated), as `ShardStore::read_doc`.
-    /// `generation`: as for `read_rev`.
+    /// a document with segments is assembled from them in this transaction; an identity
+    /// kind is the stored gzip form inflated), as `ShardStore::read_doc`. `generation`: as
+    /// for `read_rev`.
     ///
     /// # Errors
     /// redb errors, or a corrupt value.
@@ -164,20 +171,48 @@ impl ShardReader {
         let Some(value) = table.get(name).map_err(|e| store.read_error(e))? else {
             return Ok(None);
         };
-        let doc = decode_doc(Bytes::copy_from_slice(value.value()));
-        drop(value);
-        doc.and_then(|doc| {
-            if kind.is_gzip() {
-                Ok(doc)
-            } else {
-                identity_doc(&doc)
+        let whole = match doc_segments(value.value()) {
+            Ok(0) | Err(_) => Ok(Bytes::copy_from_slice(value.value())),
+            Ok(_) => {
+                let slot = &mut snapshot.segments[kind.stored_index()];
+                if slot.is_none() {
+                    let table = snapshot
+                        .txn
+                        .open_table(DOC_SEGMENTS[kind.stored_index()])
+                        .map_err(|e| store.read_error(e))?;
+                    *slot = Some(table);
+                }
+                let table = slot.as_ref().expect("opened above");
+                let mut guards = Vec::new();
+                for entry in table
+                    .range((name, 0u32)..=(name, u32::MAX))
+                    .map_err(|e| store.read_error(e))?
+                {
+                    let (key, bytes) = entry.map_err(|e| store.read_error(e))?;
+                    guards.push((key.value().1, bytes));
+                }
+                let parts: Vec<(u32, &[u8])> = guards
+                    .iter()
+                    .map(|(n, bytes)| (*n, bytes.value()))
+                    .collect();
+                assemble_doc(value.value(), &parts).map(Bytes::from)
             }
-        })
-        .map(Some)
-        .map_err(|e| ReadError::Corrupt {
-            name: name.to_owned(),
-            detail: format!("{} document: {e}", kind.label()),
-        })
+        };
+        drop(value);
+        whole
+            .and_then(decode_doc)
+            .and_then(|doc| {
+                if kind.is_gzip() {
+                    Ok(doc)
+                } else {
+                    identity_doc(&doc)
+                }
+            })
+            .map(Some)
+            .map_err(|e| ReadError::Corrupt {
+                name: name.to_owned(),
+                detail: format!("{} document: {e}", kind.label()),
+            })
     }
 
     /// The package's served index, as `ShardStore::read_index`. `generation`: as for

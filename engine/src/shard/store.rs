@@ -18,7 +18,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use super::tables::{
     adjust_inline_bytes, fill_manifests, manifest_key, manifest_keys_of, read_inline_at,
     read_inline_bytes, read_meta_u64, remove_inline, InlineKey, ServedTables, BLOB_INLINE, DOCS,
-    INLINE_ROWS, LEGACY_DOCS, MANIFESTS, META, META_BASE_URL, META_INLINE_NEXT_ROW,
+    DOC_SEGMENTS, INLINE_ROWS, LEGACY_DOCS, MANIFESTS, META, META_BASE_URL, META_INLINE_NEXT_ROW,
     META_SERVED_FORMAT, PACKAGES, REVS, SERVED,
 };
 use super::{ShardId, ShardReader};
@@ -298,6 +298,12 @@ impl ShardStore {
         MANIFESTS;
     /// The document tables, indexed by `DocKind::stored_index`, for fsck and backup.
     pub(crate) const TABLE_DOCS: [TableDefinition<'static, &'static str, &'static [u8]>; 2] = DOCS;
+    /// The documents' segment tables, in the order of `TABLE_DOCS`, for fsck and backup.
+    pub(crate) const TABLE_DOC_SEGMENTS: [TableDefinition<
+        'static,
+        (&'static str, u32),
+        &'static [u8],
+    >; 2] = DOC_SEGMENTS;
     /// The `revs` table, for fsck and backup inside the engine.
     pub(crate) const TABLE_REVS: TableDefinition<'static, &'static str, u64> = REVS;
     /// The `meta` table, for fsck and backup inside the engine.
@@ -362,6 +368,9 @@ impl ShardStore {
             // again below.
             txn.delete_table(SERVED)?;
             for table in DOCS.into_iter().chain(LEGACY_DOCS) {
+                txn.delete_table(table)?;
+            }
+            for table in DOC_SEGMENTS {
                 txn.delete_table(table)?;
             }
         }

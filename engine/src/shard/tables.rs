@@ -10,6 +10,9 @@
 //!   gzip'd (`served.rs`), in separate tables so a read copies, and redb caches, only the
 //!   document clients ask for. Served format 5 also stored the identity forms (`doc_full`,
 //!   `doc_abbr`); opening such a shard drops those tables (`LEGACY_DOCS`).
+//! - `doc_full_gz_segments`, `doc_abbr_gz_segments`: (name, n) -> the n-th segment of the
+//!   document's gzip member (served format 9): the compressed bytes before a cut that appends
+//!   moved out of the document value, written once each (`served.rs`).
 //! - `revs`:     name -> u64 revision: lets a core check a cached served value cheaply.
 //! - `meta`:     key -> bytes: facts about the shard (e.g. the base URL documents embed).
 //! - `inline_rows`: u64 row -> tarball bytes, for tarballs of at most
@@ -33,6 +36,36 @@ pub(crate) const DOCS: [TableDefinition<&str, &[u8]>; 2] = [
     TableDefinition::new("doc_full_gz"),
     TableDefinition::new("doc_abbr_gz"),
 ];
+/// The segments of the documents in `DOCS`, in the same order: (name, n) -> bytes.
+pub(crate) const DOC_SEGMENTS: [TableDefinition<(&str, u32), &[u8]>; 2] = [
+    TableDefinition::new("doc_full_gz_segments"),
+    TableDefinition::new("doc_abbr_gz_segments"),
+];
+
+/// A document segments table.
+pub(crate) type SegmentTable<'txn> = redb::Table<'txn, (&'static str, u32), &'static [u8]>;
+
+/// The stored segments of `name`'s document in `table`, in order, as `(n, bytes)`.
+pub(crate) fn read_segments(
+    table: &impl redb::ReadableTable<(&'static str, u32), &'static [u8]>,
+    name: &str,
+) -> Result<Vec<(u32, Vec<u8>)>, redb::StorageError> {
+    let mut out = Vec::new();
+    for entry in table.range((name, 0u32)..=(name, u32::MAX))? {
+        let (key, value) = entry?;
+        out.push((key.value().1, value.value().to_vec()));
+    }
+    Ok(out)
+}
+
+/// Drops every segment of `name`'s document in `table`.
+pub(crate) fn remove_segments(
+    table: &mut SegmentTable<'_>,
+    name: &str,
+) -> Result<(), redb::StorageError> {
+    table.retain_in((name, 0u32)..=(name, u32::MAX), |_, _| false)
+}
+
 /// Document tables of earlier served formats, dropped when a shard is opened.
 pub(crate) const LEGACY_DOCS: [TableDefinition<&str, &[u8]>; 2] = [
     TableDefinition::new("doc_full"),
@@ -163,6 +196,7 @@ pub(crate) fn read_meta_u64(
 pub(crate) struct ServedTables<'txn> {
     index: redb::Table<'txn, &'static str, &'static [u8]>,
     docs: [redb::Table<'txn, &'static str, &'static [u8]>; 2],
+    segments: [SegmentTable<'txn>; 2],
 }
 
 impl<'txn> ServedTables<'txn> {
@@ -170,18 +204,34 @@ impl<'txn> ServedTables<'txn> {
         Ok(ServedTables {
             index: txn.open_table(SERVED)?,
             docs: [txn.open_table(DOCS[0])?, txn.open_table(DOCS[1])?],
+            segments: [
+                txn.open_table(DOC_SEGMENTS[0])?,
+                txn.open_table(DOC_SEGMENTS[1])?,
+            ],
         })
     }
 
-    /// Stores every served value of `name`.
+    /// Stores every served value of `name`: a document encoded afresh drops the segments of
+    /// the one before it; an appended one adds the segment it closed.
     pub(crate) fn put(
         &mut self,
         name: &str,
         encoded: &crate::served::EncodedServed,
     ) -> Result<(), redb::StorageError> {
         self.index.insert(name, encoded.index.as_slice())?;
-        for (table, doc) in self.docs.iter_mut().zip(&encoded.docs) {
-            table.insert(name, doc.as_slice())?;
+        for ((table, segments), doc) in self
+            .docs
+            .iter_mut()
+            .zip(&mut self.segments)
+            .zip(&encoded.docs)
+        {
+            if doc.fresh {
+                remove_segments(segments, name)?;
+            }
+            if let Some((n, bytes)) = &doc.segment {
+                segments.insert((name, *n), bytes.as_slice())?;
+            }
+            table.insert(name, doc.value.as_slice())?;
         }
         Ok(())
     }
@@ -189,8 +239,9 @@ impl<'txn> ServedTables<'txn> {
     /// Removes every served value of `name` (a tombstone: reads answer 404).
     pub(crate) fn remove(&mut self, name: &str) -> Result<(), redb::StorageError> {
         self.index.remove(name)?;
-        for table in &mut self.docs {
+        for (table, segments) in self.docs.iter_mut().zip(&mut self.segments) {
             table.remove(name)?;
+            remove_segments(segments, name)?;
         }
         Ok(())
     }
