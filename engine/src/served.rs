@@ -59,10 +59,12 @@ use crate::packument::{chain_entry, AppendedDoc, Entries, StoredPackage};
 /// 9: documents keep the compressed bytes before their cut in segments (module docs).
 pub const FORMAT: u8 = 9;
 /// An append closes a segment once the compressed bytes before its new cut, past the last
-/// segment, reach this many. Small enough that the value a publish rewrites (this much at
-/// most, plus the tail) stays within a few KiB; large enough that a package grown by
-/// thousands of appends reads a few hundred segments, not thousands.
-pub const SEGMENT_BYTES: usize = 2 * 1024;
+/// segment, reach this many. Each segment is one insert at a random place of its table (one
+/// more page to write at the commit), so fewer, larger segments measured better than
+/// smaller values: in the 64-publisher storm, 4 KiB gave p99 18.3-19.8 ms against 17.7-22.4
+/// for 2 KiB (six alternated storms each; 8 KiB 19.5-20.0 in three). The value a publish
+/// rewrites stays under this much plus the tail.
+pub const SEGMENT_BYTES: usize = 4 * 1024;
 /// Deflate levels (flate2 on its zlib-rs backend) for pre-compressed documents, by the
 /// identity document's size. The gzip form is paid once per write and served many times, but
 /// most writes are publishes of small packages. zlib-rs level 1 (deflate_quick: static
@@ -1144,7 +1146,7 @@ mod tests {
         }
         let closed = [segments[0].0.len(), segments[1].0.len()];
         assert!(
-            closed[0] > 3 && closed[1] > 2,
+            closed[0] >= 2 && closed[1] >= 2,
             "appends closed segments: {closed:?}"
         );
         let full = identity_doc(&doc_of(&segments[0].whole(&served.unwrap().docs[0]))).unwrap();

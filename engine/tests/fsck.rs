@@ -311,7 +311,7 @@ fn documents_extended_by_publishes_check_clean() {
 /// Goal: documents whose start appends moved into segments check clean, are backed up and
 /// restored with their segments, and a missing segment, a stray one and segments of no
 /// package are reported and repaired (the package's documents rendered afresh, serving the
-/// same bytes). Method: 40 publishes of one package, one batch each, then the segment
+/// same bytes). Method: 80 publishes of one package, one batch each, then the segment
 /// tables edited with the stores closed.
 #[test]
 fn document_segments_are_checked_repaired_and_backed_up() {
@@ -319,7 +319,7 @@ fn document_segments_are_checked_repaired_and_backed_up() {
     let home = dir.path().join("home");
     let open = Open::new(&home);
     let shard = open.shard("grows");
-    for n in 0..40 {
+    for n in 0..80 {
         let version = format!("1.0.{n}");
         let op = publish_bytes("grows", &version, small(&version));
         let results = shard.apply_batch(vec![op], &open.blobs, now());

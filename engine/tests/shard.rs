@@ -202,14 +202,14 @@ fn segments_of(fx: Fixture, name: &str) -> (Fixture, [usize; 2]) {
 /// Goal: a document grown by appends keeps its start in segments, written once each, and
 /// every read (gzip and identity, through a kept reader too, after a reopen) serves what a
 /// fresh encoding serves; a re-render (an unpublish) and a tombstone drop the segments.
-/// Method: 40 versions published one batch at a time, the segment tables counted with the
+/// Method: 80 versions published one batch at a time, the segment tables counted with the
 /// store closed.
 #[test]
 fn appended_documents_keep_their_start_in_segments() {
     let mut fx = Fixture::new();
     let mut reader = ShardReader::new();
     let mut last = [0usize; 2];
-    for patch in 0..40 {
+    for patch in 0..80 {
         let version = format!("1.0.{patch}");
         let results = fx.apply(vec![publish("seg", &version, version.as_bytes())]);
         assert!(results.iter().all(Result::is_ok), "{results:?}");
@@ -230,7 +230,7 @@ fn appended_documents_keep_their_start_in_segments() {
             .unwrap()
             .unwrap();
         assert_eq!(kept.body, direct.body);
-        if patch % 10 == 9 {
+        if patch % 20 == 19 {
             let counts;
             (fx, counts) = segments_of(fx, "seg");
             assert!(counts[0] >= last[0] && counts[1] >= last[1], "{counts:?}");
@@ -243,7 +243,7 @@ fn appended_documents_keep_their_start_in_segments() {
     );
     let stored = fx.store.read_stored("seg").unwrap().unwrap();
     assert_served_like_fresh(&fx, "seg", &stored);
-    assert_eq!(fx.full("seg")["versions"].as_object().unwrap().len(), 40);
+    assert_eq!(fx.full("seg")["versions"].as_object().unwrap().len(), 80);
     // A re-render starts the documents over, without segments.
     fx.unpublish_version("seg", "1.0.3");
     let stored = fx.store.read_stored("seg").unwrap().unwrap();
@@ -251,7 +251,7 @@ fn appended_documents_keep_their_start_in_segments() {
     let (fx, counts) = segments_of(fx, "seg");
     assert_eq!(counts, [0, 0]);
     // Appends after it close segments again; a tombstone drops them.
-    for patch in 40..70 {
+    for patch in 80..110 {
         let version = format!("1.0.{patch}");
         let results = fx.apply(vec![publish("seg", &version, version.as_bytes())]);
         assert!(results.iter().all(Result::is_ok), "{results:?}");
