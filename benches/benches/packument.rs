@@ -13,7 +13,9 @@ use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use engine::served::{decode_doc, decode_index, encode_appended, encode_served, DocKind};
+use engine::served::{
+    assemble_doc, decode_doc, decode_index, encode_appended, encode_served, DocKind,
+};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -104,6 +106,18 @@ fn bench_packument(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(record.len() as u64));
     group.bench_function("decode", |b| {
         b.iter(|| decode_doc(black_box(&record).clone()).expect("document decodes"));
+    });
+    // A cache fill of a document grown by appends: its value and its segments copied into
+    // one buffer (what `ShardReader::read_doc` adds to `decode` for such a document).
+    let segment = appended.docs[0]
+        .segment
+        .as_ref()
+        .map(|(n, bytes)| (*n, &bytes[..]))
+        .expect("the first append after a fresh encoding closes a segment");
+    let whole = assemble_doc(&appended.docs[0].value, &[segment]).expect("assembles");
+    group.throughput(Throughput::Bytes(whole.len() as u64));
+    group.bench_function("assemble_301v", |b| {
+        b.iter(|| assemble_doc(black_box(&appended.docs[0].value), &[segment]).expect("assembles"));
     });
     group.throughput(Throughput::Bytes(encoded.index.len() as u64));
     group.bench_function("decode_index", |b| {
