@@ -61,9 +61,9 @@ pub const FORMAT: u8 = 9;
 /// An append closes a segment once the compressed bytes before its new cut, past the last
 /// segment, reach this many. Each segment is one insert at a random place of its table (one
 /// more page to write at the commit), so fewer, larger segments measured better than
-/// smaller values: in the 64-publisher storm, 4 KiB gave p99 18.3-19.8 ms against 17.7-22.4
-/// for 2 KiB (six alternated storms each; 8 KiB 19.5-20.0 in three). The value a publish
-/// rewrites stays under this much plus the tail.
+/// smaller values: in the 64-publisher storm, 4 KiB gave p99 18.3-20.8 ms (median 19.2)
+/// against 17.7-22.4 (median 20.2) for 2 KiB (perf/RESULTS.md, session 16). The value a
+/// publish rewrites stays under this much plus the tail.
 pub const SEGMENT_BYTES: usize = 4 * 1024;
 /// Deflate levels (flate2 on its zlib-rs backend) for pre-compressed documents, by the
 /// identity document's size. The gzip form is paid once per write and served many times, but
