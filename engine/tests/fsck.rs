@@ -351,6 +351,21 @@ fn document_segments_are_checked_repaired_and_backed_up() {
     let report = offline(&home, false);
     assert!(report.is_clean(), "{}", report.render_text());
 
+    // A segment past the ones the value names: reported, and the document is still served.
+    edit_shard(&home, "grows", |txn| {
+        txn.open_table(FULL_SEGMENTS)
+            .unwrap()
+            .insert(("grows", 999), &b"stray"[..])
+            .unwrap();
+    });
+    let damaged = offline(&home, false);
+    assert_eq!(subjects(&damaged, FindingKind::StaleServed), ["grows"]);
+    assert!(
+        damaged.findings[0].detail.contains("does not use"),
+        "{damaged:?}"
+    );
+    assert_eq!(Open::new(&home).contents(), expected);
+
     // A missing segment: the document cannot be assembled.
     edit_shard(&home, "grows", |txn| {
         txn.open_table(FULL_SEGMENTS)

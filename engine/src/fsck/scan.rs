@@ -263,12 +263,6 @@ fn scan_shard_records(
                 .map(|(n, bytes)| (*n, &bytes[..]))
                 .collect();
             let stray = segments.len() - parts.len();
-            if stray > 0 {
-                values.problems.push(format!(
-                    "the served {} document has {stray} segments it does not use",
-                    kind.label()
-                ));
-            }
             *slot = Some(if count == 0 {
                 value
             } else {
@@ -282,6 +276,13 @@ fn scan_shard_records(
                     }
                 }
             });
+            // After a document that cannot be assembled: the worse problem is named first.
+            if stray > 0 {
+                values.problems.push(format!(
+                    "the served {} document has {stray} segments it does not use",
+                    kind.label()
+                ));
+            }
         }
         let rev = revs.get(name.as_str())?.map(|v| v.value());
         let mut found = check_package(shard, &name, &stored, &values, rev, scan, report);

@@ -173,7 +173,7 @@ impl ShardReader {
         };
         let whole = match doc_segments(value.value()) {
             Ok(0) | Err(_) => Ok(Bytes::copy_from_slice(value.value())),
-            Ok(_) => {
+            Ok(count) => {
                 let slot = &mut snapshot.segments[kind.stored_index()];
                 if slot.is_none() {
                     let table = snapshot
@@ -184,8 +184,10 @@ impl ShardReader {
                 }
                 let table = slot.as_ref().expect("opened above");
                 let mut guards = Vec::new();
+                // Only the segments the value names: a stray one (fsck reports it) does not
+                // stop the document from being served.
                 for entry in table
-                    .range((name, 0u32)..=(name, u32::MAX))
+                    .range((name, 0u32)..(name, count))
                     .map_err(|e| store.read_error(e))?
                 {
                     let (key, bytes) = entry.map_err(|e| store.read_error(e))?;
