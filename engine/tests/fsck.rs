@@ -331,6 +331,14 @@ fn document_segments_are_checked_repaired_and_backed_up() {
     let expected = open.contents();
     let summary = open.backup_to(&dir.path().join("backups"));
     drop(open);
+    // Repairs everything found, after which the home checks clean.
+    let repair_clean = |home: &Path| {
+        let repaired = offline(home, true);
+        let unrepaired = repaired.unrepaired().count();
+        assert_eq!(unrepaired, 0, "{}", repaired.render_text());
+        let report = offline(home, false);
+        assert!(report.is_clean(), "{}", report.render_text());
+    };
     let segments = |home: &Path, table| {
         let db = redb::Database::open(shard_file(home, "grows")).unwrap();
         let txn = db.begin_read().unwrap();
@@ -379,15 +387,7 @@ fn document_segments_are_checked_repaired_and_backed_up() {
         damaged.findings[0].detail.contains("missing"),
         "{damaged:?}"
     );
-    let repaired = offline(&home, true);
-    assert_eq!(
-        repaired.unrepaired().count(),
-        0,
-        "{}",
-        repaired.render_text()
-    );
-    let report = offline(&home, false);
-    assert!(report.is_clean(), "{}", report.render_text());
+    repair_clean(&home);
     assert_eq!(
         segments(&home, FULL_SEGMENTS),
         0,
@@ -411,15 +411,7 @@ fn document_segments_are_checked_repaired_and_backed_up() {
         subjects(&damaged, FindingKind::StaleServed),
         ["grows", "nobody"]
     );
-    let repaired = offline(&home, true);
-    assert_eq!(
-        repaired.unrepaired().count(),
-        0,
-        "{}",
-        repaired.render_text()
-    );
-    let report = offline(&home, false);
-    assert!(report.is_clean(), "{}", report.render_text());
+    repair_clean(&home);
     assert_eq!(segments(&home, ABBR_SEGMENTS), 0);
     // The same documents, at a later revision (a repair gives the package a new one).
     let without_rev = |contents: BTreeMap<String, (Vec<u8>, Vec<u8>)>| {
