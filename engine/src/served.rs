@@ -346,31 +346,22 @@ pub fn encode_appended(
         }
         let cut = usize::try_from(gzip.cut.body).ok()?;
         let len = cut + part.mid.len() + part.tail.len();
-        let (mut open, new_cut) = gzip_appended(window, gzip, part, len)?;
+        let (open, new_cut) = gzip_appended(window, gzip, part, len)?;
         let etag = gzip_etag(&etag(part.entries.chain, &part.tail));
-        let closed = usize::try_from(gzip.closed).ok()?;
-        let sealed = usize::try_from(new_cut.gzip).ok()? - closed;
-        let (segments, closed, segment) = if sealed >= SEGMENT_BYTES {
-            let rest = open.split_off(sealed);
-            let segment = std::mem::replace(&mut open, rest);
-            (
-                gzip.segments.checked_add(1)?,
-                new_cut.gzip,
-                Some((gzip.segments, segment)),
-            )
-        } else {
-            (gzip.segments, gzip.closed, None)
-        };
+        // The member's bytes past the last segment and before the new cut: a segment of their
+        // own once there are enough of them.
+        let sealed = usize::try_from(new_cut.gzip - gzip.closed).ok()?;
+        let close = sealed >= SEGMENT_BYTES;
         let head = DocHead {
             rev: stored.rev,
             etag: &etag,
             cut: new_cut,
-            segments,
-            closed,
+            segments: gzip.segments.checked_add(u32::from(close))?,
+            closed: if close { new_cut.gzip } else { gzip.closed },
         };
         Some(EncodedDoc {
-            value: head.value(&open),
-            segment,
+            value: head.value(&open[if close { sealed } else { 0 }..]),
+            segment: close.then(|| (gzip.segments, open[..sealed].to_vec())),
             fresh: false,
         })
     };

@@ -27,7 +27,7 @@ use crate::served::{
     identity_doc, DocKind,
 };
 use crate::shard::tables::{
-    fill_manifests, manifest_keys_of, read_inline_at, read_segments, InlineKey,
+    fill_manifests, manifest_keys_of, open_existing, read_inline_at, segments_of, InlineKey,
 };
 use crate::shard::ShardStore;
 
@@ -130,12 +130,8 @@ fn scan_inline(
         Err(redb::TableError::TableDoesNotExist(_)) => {}
         Err(e) => return Err(e.into()),
     }
-    let inline = match txn.open_table(ShardStore::TABLE_BLOB_INLINE) {
-        Ok(table) => Some(table),
-        // A shard no build of data format 2 stored tarballs in.
-        Err(redb::TableError::TableDoesNotExist(_)) => None,
-        Err(e) => return Err(e.into()),
-    };
+    // None in a shard no build of data format 2 stored tarballs in.
+    let inline = open_existing(txn, ShardStore::TABLE_BLOB_INLINE)?;
     if let Some(inline) = &inline {
         for entry in inline.iter()? {
             let (key, value) = entry?;
@@ -183,31 +179,19 @@ fn scan_shard_records(
     let txn = shard.db.begin_read()?;
     let packages = txn.open_table(ShardStore::TABLE_PACKAGES)?;
     let served = txn.open_table(ShardStore::TABLE_SERVED)?;
-    let mut docs = Vec::with_capacity(ShardStore::TABLE_DOCS.len());
-    for table in ShardStore::TABLE_DOCS {
-        docs.push(match txn.open_table(table) {
-            Ok(table) => Some(table),
-            // A shard not yet opened by this version: every document is reported missing.
-            Err(redb::TableError::TableDoesNotExist(_)) => None,
-            Err(e) => return Err(e.into()),
-        });
-    }
-    let mut segment_tables = Vec::with_capacity(ShardStore::TABLE_DOC_SEGMENTS.len());
-    for table in ShardStore::TABLE_DOC_SEGMENTS {
-        segment_tables.push(match txn.open_table(table) {
-            Ok(table) => Some(table),
-            // A shard of served format 8 or older: no document has segments.
-            Err(redb::TableError::TableDoesNotExist(_)) => None,
-            Err(e) => return Err(e.into()),
-        });
-    }
+    // Tables a shard not yet opened by this version lacks: every document is then reported
+    // missing; no document has segments (served format 8 or older); every manifest is in
+    // its record (before data format 2).
+    let docs = [
+        open_existing(&txn, ShardStore::TABLE_DOCS[0])?,
+        open_existing(&txn, ShardStore::TABLE_DOCS[1])?,
+    ];
+    let segment_tables = [
+        open_existing(&txn, ShardStore::TABLE_DOC_SEGMENTS[0])?,
+        open_existing(&txn, ShardStore::TABLE_DOC_SEGMENTS[1])?,
+    ];
     let revs = txn.open_table(ShardStore::TABLE_REVS)?;
-    let manifests = match txn.open_table(ShardStore::TABLE_MANIFESTS) {
-        Ok(table) => Some(table),
-        // A shard written before data format 2: every manifest is in its record.
-        Err(redb::TableError::TableDoesNotExist(_)) => None,
-        Err(e) => return Err(e.into()),
-    };
+    let manifests = open_existing(&txn, ShardStore::TABLE_MANIFESTS)?;
     let mut names = BTreeSet::new();
     for entry in packages.iter()? {
         let (key, value) = entry?;
@@ -245,7 +229,7 @@ fn scan_shard_records(
             .zip(values.docs.iter_mut().zip(&docs).zip(&segment_tables))
         {
             let segments = match segment_table {
-                Some(table) => read_segments(table, &name)?,
+                Some(table) => segments_of(table, &name, None)?,
                 None => Vec::new(),
             };
             values.segments += segments.len();
@@ -260,7 +244,7 @@ fn scan_shard_records(
             let parts: Vec<(u32, &[u8])> = segments
                 .iter()
                 .filter(|(n, _)| (*n as usize) < count)
-                .map(|(n, bytes)| (*n, &bytes[..]))
+                .map(|(n, bytes)| (*n, bytes.value()))
                 .collect();
             let stray = segments.len() - parts.len();
             *slot = Some(if count == 0 {

@@ -25,7 +25,7 @@
 use bytes::Bytes;
 use redb::{ReadOnlyTable, ReadTransaction, ReadableDatabase};
 
-use super::tables::{DOCS, DOC_SEGMENTS, REVS, SERVED};
+use super::tables::{segments_of, DOCS, DOC_SEGMENTS, REVS, SERVED};
 use super::{ReadError, ShardStore};
 use crate::served::{
     assemble_doc, decode_doc, decode_index, doc_segments, identity_doc, DocKind, ServedDoc,
@@ -43,6 +43,19 @@ struct Snapshot {
     docs: [Option<BytesTable>; 2],
     segments: [Option<SegmentsTable>; 2],
     index: Option<BytesTable>,
+}
+
+/// `table` of the snapshot's transaction, opened into `slot` at its first use.
+fn opened<'s, K: redb::Key + 'static, V: redb::Value + 'static>(
+    slot: &'s mut Option<ReadOnlyTable<K, V>>,
+    txn: &ReadTransaction,
+    table: redb::TableDefinition<K, V>,
+    store: &ShardStore,
+) -> Result<&'s ReadOnlyTable<K, V>, ReadError> {
+    if slot.is_none() {
+        *slot = Some(txn.open_table(table).map_err(|e| store.read_error(e))?);
+    }
+    Ok(slot.as_ref().expect("opened above"))
 }
 
 /// One reader's reusable read transaction of one shard. Not shared: each core owns one per
@@ -132,14 +145,7 @@ impl ShardReader {
         name: &str,
     ) -> Result<Option<u64>, ReadError> {
         let snapshot = self.snapshot(store, generation)?;
-        if snapshot.revs.is_none() {
-            let table = snapshot
-                .txn
-                .open_table(REVS)
-                .map_err(|e| store.read_error(e))?;
-            snapshot.revs = Some(table);
-        }
-        let table = snapshot.revs.as_ref().expect("opened above");
+        let table = opened(&mut snapshot.revs, &snapshot.txn, REVS, store)?;
         let rev = table.get(name).map_err(|e| store.read_error(e))?;
         Ok(rev.map(|v| v.value()))
     }
@@ -159,41 +165,25 @@ impl ShardReader {
         kind: DocKind,
     ) -> Result<Option<ServedDoc>, ReadError> {
         let snapshot = self.snapshot(store, generation)?;
-        let slot = &mut snapshot.docs[kind.stored_index()];
-        if slot.is_none() {
-            let table = snapshot
-                .txn
-                .open_table(DOCS[kind.stored_index()])
-                .map_err(|e| store.read_error(e))?;
-            *slot = Some(table);
-        }
-        let table = slot.as_ref().expect("opened above");
+        let at = kind.stored_index();
+        let table = opened(&mut snapshot.docs[at], &snapshot.txn, DOCS[at], store)?;
         let Some(value) = table.get(name).map_err(|e| store.read_error(e))? else {
             return Ok(None);
         };
         let whole = match doc_segments(value.value()) {
             Ok(0) | Err(_) => Ok(Bytes::copy_from_slice(value.value())),
             Ok(count) => {
-                let slot = &mut snapshot.segments[kind.stored_index()];
-                if slot.is_none() {
-                    let table = snapshot
-                        .txn
-                        .open_table(DOC_SEGMENTS[kind.stored_index()])
-                        .map_err(|e| store.read_error(e))?;
-                    *slot = Some(table);
-                }
-                let table = slot.as_ref().expect("opened above");
-                let mut guards = Vec::new();
+                let table = opened(
+                    &mut snapshot.segments[at],
+                    &snapshot.txn,
+                    DOC_SEGMENTS[at],
+                    store,
+                )?;
                 // Only the segments the value names: a stray one (fsck reports it) does not
                 // stop the document from being served.
-                for entry in table
-                    .range((name, 0u32)..(name, count))
-                    .map_err(|e| store.read_error(e))?
-                {
-                    let (key, bytes) = entry.map_err(|e| store.read_error(e))?;
-                    guards.push((key.value().1, bytes));
-                }
-                let parts: Vec<(u32, &[u8])> = guards
+                let segments =
+                    segments_of(table, name, Some(count)).map_err(|e| store.read_error(e))?;
+                let parts: Vec<(u32, &[u8])> = segments
                     .iter()
                     .map(|(n, bytes)| (*n, bytes.value()))
                     .collect();
@@ -229,14 +219,7 @@ impl ShardReader {
         name: &str,
     ) -> Result<Option<ServedIndex>, ReadError> {
         let snapshot = self.snapshot(store, generation)?;
-        if snapshot.index.is_none() {
-            let table = snapshot
-                .txn
-                .open_table(SERVED)
-                .map_err(|e| store.read_error(e))?;
-            snapshot.index = Some(table);
-        }
-        let table = snapshot.index.as_ref().expect("opened above");
+        let table = opened(&mut snapshot.index, &snapshot.txn, SERVED, store)?;
         let Some(value) = table.get(name).map_err(|e| store.read_error(e))? else {
             return Ok(None);
         };

@@ -45,17 +45,36 @@ pub(crate) const DOC_SEGMENTS: [TableDefinition<(&str, u32), &[u8]>; 2] = [
 /// A document segments table.
 pub(crate) type SegmentTable<'txn> = redb::Table<'txn, (&'static str, u32), &'static [u8]>;
 
-/// The stored segments of `name`'s document in `table`, in order, as `(n, bytes)`.
-pub(crate) fn read_segments(
-    table: &impl redb::ReadableTable<(&'static str, u32), &'static [u8]>,
+/// Segments of one document, by number, borrowed from their table.
+pub(crate) type Segments<'t> = Vec<(u32, redb::AccessGuard<'t, &'static [u8]>)>;
+
+/// The stored segments of `name`'s document in `table`, in order: those numbered below
+/// `count`, or every one when `count` is `None`.
+pub(crate) fn segments_of<'t>(
+    table: &'t impl redb::ReadableTable<(&'static str, u32), &'static [u8]>,
     name: &str,
-) -> Result<Vec<(u32, Vec<u8>)>, redb::StorageError> {
-    let mut out = Vec::new();
-    for entry in table.range((name, 0u32)..=(name, u32::MAX))? {
-        let (key, value) = entry?;
-        out.push((key.value().1, value.value().to_vec()));
+    count: Option<u32>,
+) -> Result<Segments<'t>, redb::StorageError> {
+    let range = match count {
+        Some(count) => table.range((name, 0u32)..(name, count))?,
+        None => table.range((name, 0u32)..=(name, u32::MAX))?,
+    };
+    range
+        .map(|entry| entry.map(|(key, bytes)| (key.value().1, bytes)))
+        .collect()
+}
+
+/// `table` of `txn`, or `None` when the shard has no such table (one written by an older
+/// build).
+pub(crate) fn open_existing<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &redb::ReadTransaction,
+    table: TableDefinition<K, V>,
+) -> Result<Option<redb::ReadOnlyTable<K, V>>, redb::TableError> {
+    match txn.open_table(table) {
+        Ok(table) => Ok(Some(table)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e),
     }
-    Ok(out)
 }
 
 /// Drops every segment of `name`'s document in `table`.
