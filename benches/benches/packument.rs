@@ -56,18 +56,27 @@ fn bench_packument(c: &mut Criterion) {
     // the writer does for a publish) against `encode_served_300v` of the whole package.
     let grown = benches::stored_package(&express, &benches::versions(301));
     let old = [&encoded.docs[0].value[..], &encoded.docs[1].value[..]];
-    let appended = encode_appended(&grown, BASE_URL, 300, old).expect("the documents fit");
+    let appended =
+        encode_appended(&grown, BASE_URL, 300, &encoded.index, old).expect("the documents fit");
     // The next publish appends to a document whose start is in segments (served format 9):
     // what every append after the first one after a re-render does.
     let grown_again = benches::stored_package(&express, &benches::versions(302));
     let open = [&appended.docs[0].value[..], &appended.docs[1].value[..]];
-    assert!(encode_appended(&grown_again, BASE_URL, 301, open).is_some());
+    assert!(encode_appended(&grown_again, BASE_URL, 301, &appended.index, open).is_some());
     let mut group = c.benchmark_group("packument");
     group.bench_function("encode_appended_301v", |b| {
-        b.iter(|| encode_appended(black_box(&grown), BASE_URL, 300, old));
+        b.iter(|| encode_appended(black_box(&grown), BASE_URL, 300, &encoded.index, old));
     });
     group.bench_function("encode_appended_302v_segmented", |b| {
-        b.iter(|| encode_appended(black_box(&grown_again), BASE_URL, 301, open));
+        b.iter(|| {
+            encode_appended(
+                black_box(&grown_again),
+                BASE_URL,
+                301,
+                &appended.index,
+                open,
+            )
+        });
     });
     group.finish();
 

@@ -1013,12 +1013,15 @@ mod tests {
         );
         let bytes = stored.encode();
         type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
-        let cases: [Case<'_>; 7] = [
+        let cases: [Case<'_>; 8] = [
             ("1.0.6", "six", &[]),
             ("1.0.6", "six", &[("latest", "1.0.6")]),
             ("1.0.6", "six", &[("latest", "1.0.3")]),
             ("1.0.6", "six", &[("beta", "1.0.1"), ("latest", "1.0.4")]),
             ("1.0.5", "release 4 \u{e9}\n", &[]),
+            // A retry of a version neither tagged nor last: its tarball entry is decoded
+            // because the publish names it.
+            ("1.0.3", "release 2 \u{e9}\n", &[]),
             ("1.0.4", "other content", &[]),
             ("1.0.7", "seven", &[("latest", "9.9.9")]),
         ];
@@ -1029,9 +1032,10 @@ mod tests {
                 "alice",
                 now,
             );
-            let tag_versions: Vec<&str> = tags.iter().map(|(_, v)| *v).collect();
-            let (placeholder, kept) =
-                StoredPackage::decode_for_append(&bytes, &tag_versions).unwrap();
+            // What the writer names: the versions the tags name and the one published.
+            let mut named: Vec<&str> = tags.iter().map(|(_, v)| *v).collect();
+            named.push(version);
+            let (placeholder, kept) = StoredPackage::decode_for_append(&bytes, &named).unwrap();
             assert_eq!(kept.count(), 6);
             let fast = plan_publish(
                 Some(placeholder),
@@ -1039,6 +1043,12 @@ mod tests {
                 "alice",
                 now,
             );
+            if description.starts_with("release") {
+                assert!(
+                    full.as_ref().is_ok_and(|p| !p.changed),
+                    "a retry is no change"
+                );
+            }
             match (full, fast) {
                 (Ok(full), Ok(fast)) => {
                     assert_eq!(full.changed, fast.changed, "{version} {tags:?}");

@@ -11,14 +11,16 @@
 //! Layouts (little-endian):
 //!
 //! The index (`served` table), what a tarball GET needs:
-//!   0       format u8 (= 9)
+//!   0       format u8 (= 10)
 //!   1..9    rev u64
 //!   then    base_url: u32 length + bytes
 //!   then    tarball count u32; each: file (u16 length + bytes), blob [u8; 32], size u64,
-//!           inline row u64 (0: none)
+//!           inline row u64 (0: none); in the order of the package's versions (publish
+//!           order), so that a publish appends its entries to the old index
+//!           (`encode_appended`) and gets what a fresh encoding gives
 //!
 //! The gzip form of the full and of the abbreviated document (`doc_full_gz`, `doc_abbr_gz`):
-//!   0       format u8 (= 9)
+//!   0       format u8 (= 10)
 //!   1..9    rev u64
 //!   9       etag length u8, then the etag (quoted, ending in `-gz"`)
 //!   then    the cut (`Cut`): body u32, gzip u32, crc u32, chain u128, window u64
@@ -51,13 +53,14 @@
 use bytes::Bytes;
 
 use crate::blob::{BlobId, BLOB_ID_BYTES};
-use crate::packument::{chain_entry, AppendedDoc, Entries, StoredPackage};
+use crate::packument::{chain_entry, AppendedDoc, Entries, StoredPackage, TarballRef};
 
 /// The layout version of every served value. A shard whose `meta` records another version
 /// (or none) re-renders all of them when opened (`ShardStore::open`).
 /// 8: each tarball entry of the index ends with its inline row (0: none).
 /// 9: documents keep the compressed bytes before their cut in segments (module docs).
-pub const FORMAT: u8 = 9;
+/// 10: the index lists tarballs in version (publish) order, not sorted by version.
+pub const FORMAT: u8 = 10;
 /// An append closes a segment once the compressed bytes before its new cut, past the last
 /// segment, reach this many. Each segment is one insert at a random place of its table (one
 /// more page to write at the commit), so fewer, larger segments measured better than
@@ -335,8 +338,10 @@ pub fn encode_appended(
     stored: &StoredPackage,
     base_url: &str,
     from: usize,
+    old_index: &[u8],
     old: [&[u8]; 2],
 ) -> Option<EncodedServed> {
+    let index = index_appended(old_index, stored, base_url, from)?;
     let old = [split_doc(old[0]).ok()?, split_doc(old[1]).ok()?];
     let appended = stored.render_appended(base_url, from, [old[0].cut.chain, old[1].cut.chain])?;
     let one = |gzip: &SplitDoc<'_>, part: &AppendedDoc| {
@@ -368,7 +373,7 @@ pub fn encode_appended(
     let full = one(&old[0], &appended.full)?;
     let abbreviated = one(&old[1], &appended.abbreviated)?;
     Some(EncodedServed {
-        index: encode_index(stored, base_url),
+        index,
         docs: [full, abbreviated],
     })
 }
@@ -380,33 +385,89 @@ fn window_of(entries: &[u8], last: usize) -> &[u8] {
     &last_entry[last_entry.len().saturating_sub(DICTIONARY_BYTES)..]
 }
 
-/// The index value of `stored` for `base_url`.
+/// The index value of `stored` for `base_url`: the tarballs of its versions in their order,
+/// then any tarball whose version is not among them (none, when the record is sound).
 fn encode_index(stored: &StoredPackage, base_url: &str) -> Vec<u8> {
     let mut index = Vec::with_capacity(64 + base_url.len() + stored.tarballs.len() * 80);
-    index.push(FORMAT);
-    index.extend_from_slice(&stored.rev.to_le_bytes());
-    index.extend_from_slice(
+    let versions = stored.versions();
+    let in_order = versions
+        .into_iter()
+        .flat_map(|v| v.keys())
+        .filter_map(|version| stored.tarballs.get(version));
+    let others = stored
+        .tarballs
+        .iter()
+        .filter(|(version, _)| !versions.is_some_and(|v| v.contains_key(*version)))
+        .map(|(_, tarball)| tarball);
+    let tarballs: Vec<&TarballRef> = in_order.chain(others).collect();
+    write_index_head(&mut index, stored.rev, base_url, tarballs.len());
+    for tarball in tarballs {
+        write_index_entry(&mut index, tarball);
+    }
+    index
+}
+
+/// The index of `stored` from `old`, its index from when it had its first `from` versions
+/// (each with its tarball): the old entries copied as they are, then those of the versions
+/// after them, as `encode_index` orders them, and the new revision. None when `old` is not
+/// such an index for `base_url`: the caller encodes from scratch.
+fn index_appended(
+    old: &[u8],
+    stored: &StoredPackage,
+    base_url: &str,
+    from: usize,
+) -> Option<Vec<u8>> {
+    let mut r = Reader { buf: old, at: 0 };
+    if r.u8().ok()? != FORMAT {
+        return None;
+    }
+    r.u64().ok()?;
+    if r.u32_bytes().ok()? != base_url.as_bytes() || r.u32().ok()? as usize != from {
+        return None;
+    }
+    let entries = &old[r.at..];
+    let added: Vec<&TarballRef> = stored
+        .versions()?
+        .keys()
+        .skip(from)
+        .filter_map(|version| stored.tarballs.get(version))
+        .collect();
+    let mut index = Vec::with_capacity(old.len() + added.len() * 80);
+    write_index_head(&mut index, stored.rev, base_url, from + added.len());
+    index.extend_from_slice(entries);
+    for tarball in added {
+        write_index_entry(&mut index, tarball);
+    }
+    Some(index)
+}
+
+/// An index's fields before its entries.
+fn write_index_head(out: &mut Vec<u8>, rev: u64, base_url: &str, count: usize) {
+    out.push(FORMAT);
+    out.extend_from_slice(&rev.to_le_bytes());
+    out.extend_from_slice(
         &u32::try_from(base_url.len())
             .expect("base URLs are short")
             .to_le_bytes(),
     );
-    index.extend_from_slice(base_url.as_bytes());
-    let count = u32::try_from(stored.tarballs.len()).expect("versions are bounded");
-    index.extend_from_slice(&count.to_le_bytes());
-    for tarball in stored.tarballs.values() {
-        let file = tarball.file.as_bytes();
-        index.extend_from_slice(
-            &u16::try_from(file.len())
-                .expect("file names are short")
-                .to_le_bytes(),
-        );
-        index.extend_from_slice(file);
-        let blob = tarball.blob_id().map_or([0; BLOB_ID_BYTES], |b| b.0);
-        index.extend_from_slice(&blob);
-        index.extend_from_slice(&tarball.size.to_le_bytes());
-        index.extend_from_slice(&tarball.row.unwrap_or(0).to_le_bytes());
-    }
-    index
+    out.extend_from_slice(base_url.as_bytes());
+    let count = u32::try_from(count).expect("versions are bounded");
+    out.extend_from_slice(&count.to_le_bytes());
+}
+
+/// One tarball's entry of an index.
+fn write_index_entry(out: &mut Vec<u8>, tarball: &TarballRef) {
+    let file = tarball.file.as_bytes();
+    out.extend_from_slice(
+        &u16::try_from(file.len())
+            .expect("file names are short")
+            .to_le_bytes(),
+    );
+    out.extend_from_slice(file);
+    let blob = tarball.blob_id().map_or([0; BLOB_ID_BYTES], |b| b.0);
+    out.extend_from_slice(&blob);
+    out.extend_from_slice(&tarball.size.to_le_bytes());
+    out.extend_from_slice(&tarball.row.unwrap_or(0).to_le_bytes());
 }
 
 /// The stored (gzip) value of one rendered document whose cut is at `cut`, with `entries`
@@ -564,6 +625,13 @@ pub fn decode_index(buf: &[u8]) -> Result<ServedIndex, ServedCorrupt> {
         base_url,
         tarballs,
     })
+}
+
+/// The revision of an index value of this layout, or None when it is not one.
+#[must_use]
+pub fn index_rev(buf: &[u8]) -> Option<u64> {
+    let mut r = Reader { buf, at: 0 };
+    (r.u8().ok()? == FORMAT).then(|| r.u64().ok())?
 }
 
 /// The revision of a document value, or None when it is not one.
@@ -1102,6 +1170,16 @@ mod tests {
                 unreachable!()
             };
             versions.insert(version.clone(), manifest);
+            // Versions whose sorted order is not their publish order; some tarballs in rows.
+            stored.tarballs.insert(
+                version.clone(),
+                TarballRef {
+                    file: format!("a-{version}.tgz"),
+                    blob: BlobId::of(version.as_bytes()).to_hex(),
+                    size: u64::from(n) + 100,
+                    row: (n % 2 == 0).then_some(u64::from(n) + 1),
+                },
+            );
             stored
                 .doc
                 .insert("dist-tags".into(), json!({"latest": version}));
@@ -1112,7 +1190,7 @@ mod tests {
             let fresh = encode_served(&stored, base);
             let next = match &served {
                 None => fresh.clone(),
-                Some(old) => encode_appended(&stored, base, from, values(old))
+                Some(old) => encode_appended(&stored, base, from, &old.index, values(old))
                     .expect("the old documents fit"),
             };
             assert_eq!(next.index, fresh.index);
@@ -1204,11 +1282,39 @@ mod tests {
             "1.0.1".into(),
             json!({"dist": {"tarball": "a/-/a-1.0.1.tgz"}}),
         );
+        stored.tarballs.insert(
+            "1.0.1".into(),
+            TarballRef {
+                file: "a-1.0.1.tgz".into(),
+                blob: BlobId::of(b"y").to_hex(),
+                size: 2,
+                row: Some(3),
+            },
+        );
         stored.rev += 1;
         let docs = |o: &EncodedServed| [o.docs[0].value.clone(), o.docs[1].value.clone()];
-        assert!(encode_appended(&stored, "http://h", 1, as_refs(&docs(&old))).is_some());
-        assert!(encode_appended(&stored, "http://h", 0, as_refs(&docs(&old))).is_none());
-        assert!(encode_appended(&stored, "http://h", 2, as_refs(&docs(&old))).is_none());
+        let appended = encode_appended(&stored, "http://h", 1, &old.index, as_refs(&docs(&old)));
+        assert_eq!(
+            appended.unwrap().index,
+            encode_served(&stored, "http://h").index
+        );
+        // An old index for another URL, of another count of versions, at another layout or
+        // cut short is refused.
+        let other = encode_served(&stored, "http://other").index;
+        let two = encode_served(&stored, "http://h").index;
+        let mut layout = old.index.clone();
+        layout[0] = FORMAT - 1;
+        for index in [&other, &two, &layout, &old.index[..9].to_vec()] {
+            assert!(encode_appended(&stored, "http://h", 1, index, as_refs(&docs(&old))).is_none());
+        }
+        assert_eq!(index_rev(&old.index), Some(7));
+        assert_eq!(index_rev(&layout), None);
+        assert!(
+            encode_appended(&stored, "http://h", 0, &old.index, as_refs(&docs(&old))).is_none()
+        );
+        assert!(
+            encode_appended(&stored, "http://h", 2, &old.index, as_refs(&docs(&old))).is_none()
+        );
         // A gzip cut past its body, a dictionary hash that is not the last entry's, and a
         // last manifest that is a placeholder (it renders otherwise) are refused.
         let bad = docs(&old);
@@ -1216,7 +1322,7 @@ mod tests {
         // Segments the value does not have are refused, and so is a value that names some.
         let mut bad = docs(&old);
         bad[0][at + 36..at + 40].copy_from_slice(&1u32.to_le_bytes());
-        assert!(encode_appended(&stored, "http://h", 1, as_refs(&bad)).is_none());
+        assert!(encode_appended(&stored, "http://h", 1, &old.index, as_refs(&bad)).is_none());
         assert!(decode_doc(Bytes::from(bad[0].clone())).is_err());
         bad[0][at + 40..at + 44].copy_from_slice(&16u32.to_le_bytes());
         assert!(decode_doc(Bytes::from(bad[0].clone())).is_err());
@@ -1225,25 +1331,32 @@ mod tests {
         assert!(assemble_doc(&bad[0], &[(0, &[0; 15])]).is_err());
         let mut bad = docs(&old);
         bad[0][at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(encode_appended(&stored, "http://h", 1, as_refs(&bad)).is_none());
+        assert!(encode_appended(&stored, "http://h", 1, &old.index, as_refs(&bad)).is_none());
         // The cut: gzip (at), crc (at + 4), chain (at + 8), window (at + 24), then segments
         // (at + 32), closed (at + 36) and the member.
         let mut bad = docs(&old);
         bad[1][at + 24] ^= 1;
-        assert!(encode_appended(&stored, "http://h", 1, as_refs(&bad)).is_none());
+        assert!(encode_appended(&stored, "http://h", 1, &old.index, as_refs(&bad)).is_none());
         let mut placeholder = stored.clone();
         let Some(Value::Object(versions)) = placeholder.doc.get_mut("versions") else {
             unreachable!()
         };
         versions.insert("1.0.0".into(), Value::Null);
         let docs_of_old = docs(&old);
-        assert!(encode_appended(&placeholder, "http://h", 1, as_refs(&docs_of_old)).is_none());
+        assert!(encode_appended(
+            &placeholder,
+            "http://h",
+            1,
+            &old.index,
+            as_refs(&docs_of_old)
+        )
+        .is_none());
         // Damage before the cut is copied, not read: the result no longer agrees with a fresh
         // encoding, which is how fsck finds it.
         let member_at = at + 40;
         let mut bad = docs(&old);
         bad[0][member_at + 16] ^= 0x55;
-        let copied = encode_appended(&stored, "http://h", 1, as_refs(&bad)).unwrap();
+        let copied = encode_appended(&stored, "http://h", 1, &old.index, as_refs(&bad)).unwrap();
         let fresh_full = doc_of(&encode_served(&stored, "http://h").docs[0].value);
         let fresh_identity = identity_doc(&fresh_full).unwrap().body;
         assert!(copied.docs[0].segment.is_none());
@@ -1256,10 +1369,12 @@ mod tests {
         let mut tail_damaged = docs(&old);
         let last = tail_damaged[0].len() - 9;
         tail_damaged[0][last] ^= 0x55;
-        let fresh = encode_appended(&stored, "http://h", 1, as_refs(&docs(&old))).unwrap();
-        let mended = encode_appended(&stored, "http://h", 1, as_refs(&tail_damaged)).unwrap();
+        let fresh =
+            encode_appended(&stored, "http://h", 1, &old.index, as_refs(&docs(&old))).unwrap();
+        let mended =
+            encode_appended(&stored, "http://h", 1, &old.index, as_refs(&tail_damaged)).unwrap();
         assert_eq!(mended, fresh);
-        assert!(encode_appended(&stored, "http://h", 1, [b"", b""]).is_none());
+        assert!(encode_appended(&stored, "http://h", 1, &old.index, [b"", b""]).is_none());
         // fsck's check: a sound gzip form agrees; a moved sync point or other bytes do not.
         let sound = doc_of(&old.docs[0].value);
         let identity = identity_doc(&sound).unwrap().body;

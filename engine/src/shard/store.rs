@@ -28,8 +28,8 @@ use crate::names::{DistTag, PackageName, Version};
 use crate::packument::{KeptVersions, ManifestRows, PublishFacts, StoredPackage};
 use crate::publish::{self, Plan, PublishError, PublishRequest};
 use crate::served::{
-    doc_rev, encode_appended, encode_served, DocKind, EncodedServed, ServedDoc, ServedIndex,
-    FORMAT as SERVED_FORMAT,
+    doc_rev, encode_appended, encode_served, index_rev, DocKind, EncodedServed, ServedDoc,
+    ServedIndex, FORMAT as SERVED_FORMAT,
 };
 use crate::update::{self, UpdateRequest};
 
@@ -720,7 +720,7 @@ impl ShardStore {
     }
 
     /// `name`'s record for a batch: for a package only publishes touch (`tags`: the versions
-    /// their dist-tags name), decoded without its old manifests, which go to `kept`
+    /// they name), decoded without its old manifests and tarball entries, which go to `kept`
     /// (`StoredPackage::decode_for_append`); otherwise, or when that decode fails, in full.
     fn read_for_batch(
         &self,
@@ -1163,8 +1163,9 @@ struct InlineChanges {
 /// committing package, named by no committing package after it: its versions were
 /// unpublished). A package only publishes touched (`publish_only`) names every blob its ops
 /// brought and stops naming none, so its tarball index is not read here: that was two of the
-/// three hex decodes per stored version per publish (the third encodes the served index),
-/// which together took 2.8% of a storm into packages of 21-30 versions.
+/// three hex decodes per stored version per publish (the third encoded the served index,
+/// which publishes now append to), which together took 2.8% of a storm into packages of
+/// 21-30 versions.
 ///
 /// Removing is safe because an inline tarball is named by one version only: a row by the
 /// version it was written for, and an entry of `blob_inline` by its id, which every publish
@@ -1351,17 +1352,22 @@ struct Touched<'a> {
     kept: &'a HashMap<String, KeptVersions>,
 }
 
-/// Each package's name, with the versions the dist-tags of its publishes name, when every op
-/// on it in `ops` is a publish.
+/// Each package's name, with the versions its publishes name (those they publish and those
+/// their dist-tags name), when every op on it in `ops` is a publish.
 fn publish_only(ops: &[WriteOp]) -> HashMap<String, Vec<String>> {
     let mut out: HashMap<String, Vec<String>> = HashMap::new();
     let mut other: BTreeSet<&str> = BTreeSet::new();
     for op in ops {
         match op {
             WriteOp::Publish { request, .. } | WriteOp::PublishPrepared { request, .. } => {
-                out.entry(request.name.as_str().to_owned())
-                    .or_default()
-                    .extend(request.dist_tags.iter().map(|(_, v)| v.as_str().to_owned()));
+                let named = out.entry(request.name.as_str().to_owned()).or_default();
+                named.extend(request.dist_tags.iter().map(|(_, v)| v.as_str().to_owned()));
+                named.extend(
+                    request
+                        .versions
+                        .iter()
+                        .map(|v| v.version.as_str().to_owned()),
+                );
             }
             other_op => {
                 other.insert(other_op.package().as_str());
@@ -1383,27 +1389,43 @@ fn encode_touched(
     touched: &Touched<'_>,
     base_url: &str,
 ) -> (Vec<EncodedPackage>, HashMap<String, String>) {
-    // The document tables, opened once for the batch; a table that cannot be opened only
-    // costs the shortcut.
-    let docs: Option<Vec<redb::Table<'_, &'static str, &'static [u8]>>> = touched
+    // The index and document tables, opened once for the batch; a table that cannot be
+    // opened only costs the shortcut.
+    let served: Option<Vec<redb::Table<'_, &'static str, &'static [u8]>>> = touched
         .appendable
         .values()
         .any(Option::is_some)
-        .then(|| DOCS.iter().map(|t| txn.open_table(*t).ok()).collect())
+        .then(|| {
+            std::iter::once(SERVED)
+                .chain(DOCS)
+                .map(|t| txn.open_table(t).ok())
+                .collect()
+        })
         .flatten();
     let extended = |name: &str, stored: &StoredPackage| -> Option<EncodedServed> {
         let (from, rev) = (*touched.appendable.get(name)?)?;
-        let docs = docs.as_ref()?;
-        let mut old = Vec::with_capacity(DOCS.len());
-        for table in docs {
+        let served = served.as_ref()?;
+        let mut old = Vec::with_capacity(served.len());
+        for (i, table) in served.iter().enumerate() {
             let value = table.get(name).ok()??;
-            // The documents must be the ones of the package as it was before the batch.
-            if doc_rev(value.value()) != Some(rev) {
+            // The values must be the ones of the package as it was before the batch.
+            let value_rev = if i == 0 {
+                index_rev(value.value())
+            } else {
+                doc_rev(value.value())
+            };
+            if value_rev != Some(rev) {
                 return None;
             }
             old.push(value);
         }
-        encode_appended(stored, base_url, from, [old[0].value(), old[1].value()])
+        encode_appended(
+            stored,
+            base_url,
+            from,
+            old[0].value(),
+            [old[1].value(), old[2].value()],
+        )
     };
     let mut encoded = Vec::with_capacity(touched.packages.len());
     let mut failed = HashMap::new();
