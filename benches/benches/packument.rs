@@ -56,16 +56,16 @@ fn bench_packument(c: &mut Criterion) {
     // the writer does for a publish) against `encode_served_300v` of the whole package.
     let grown = benches::stored_package(&express, &benches::versions(301));
     let old = [&encoded.docs[0].value[..], &encoded.docs[1].value[..]];
-    let appended =
-        encode_appended(&grown, BASE_URL, 300, &encoded.index, old).expect("the documents fit");
+    let appended = encode_appended(&grown, BASE_URL, 300, &encoded.index, old, None)
+        .expect("the documents fit");
     // The next publish appends to a document whose start is in segments (served format 9):
     // what every append after the first one after a re-render does.
     let grown_again = benches::stored_package(&express, &benches::versions(302));
     let open = [&appended.docs[0].value[..], &appended.docs[1].value[..]];
-    assert!(encode_appended(&grown_again, BASE_URL, 301, &appended.index, open).is_some());
+    assert!(encode_appended(&grown_again, BASE_URL, 301, &appended.index, open, None).is_some());
     let mut group = c.benchmark_group("packument");
     group.bench_function("encode_appended_301v", |b| {
-        b.iter(|| encode_appended(black_box(&grown), BASE_URL, 300, &encoded.index, old));
+        b.iter(|| encode_appended(black_box(&grown), BASE_URL, 300, &encoded.index, old, None));
     });
     group.bench_function("encode_appended_302v_segmented", |b| {
         b.iter(|| {
@@ -75,6 +75,22 @@ fn bench_packument(c: &mut Criterion) {
                 301,
                 &appended.index,
                 open,
+                None,
+            )
+        });
+    });
+    // The same append by a writer that kept the dictionaries of its last encoding: the
+    // version before is neither decoded nor rendered (what consecutive publishes do).
+    let windows = [&appended.docs[0].window[..], &appended.docs[1].window[..]];
+    group.bench_function("encode_appended_302v_windows", |b| {
+        b.iter(|| {
+            encode_appended(
+                black_box(&grown_again),
+                BASE_URL,
+                301,
+                &appended.index,
+                open,
+                Some(windows),
             )
         });
     });
@@ -96,8 +112,11 @@ fn bench_packument(c: &mut Criterion) {
     // What the writer reads of the record for a batch of publishes (manifests kept raw).
     group.bench_function("decode_for_append_300v", |b| {
         b.iter(|| {
-            engine::packument::StoredPackage::decode_for_append(black_box(&record_bytes), &[])
-                .expect("record decodes")
+            engine::packument::StoredPackage::decode_for_append(
+                black_box(&record_bytes),
+                &engine::packument::AppendWants::default(),
+            )
+            .expect("record decodes")
         });
     });
     group.finish();

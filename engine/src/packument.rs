@@ -97,7 +97,7 @@ pub fn chain_entry(chain: u128, entry: &[u8]) -> u128 {
 /// `old[..old_cut] + mid + tail` and its cut is `old_cut + mid.len()`.
 /// `window` is the entry of the last version before the append as the old document has it
 /// (what the compressor must take as its dictionary, and what the old document's cut lets an
-/// append check); `entries` the chain continued over `mid`'s entries, with the start of the
+/// append check), when it was rendered; `entries` the chain continued over `mid`'s entries, with the start of the
 /// last of them in `mid`.
 #[derive(Debug)]
 pub struct AppendedDoc {
@@ -301,16 +301,18 @@ impl StoredPackage {
 
     /// The parts of both documents that change when versions `from..` (in `versions` order)
     /// are appended to a package that had `from` versions, all of them still in place and
-    /// unchanged (what `publish::plan_publish` does), and the entry of version `from - 1`
-    /// (whose manifest must be there, not a placeholder). `chains` are the old documents'
-    /// entry chains (full, abbreviated). None when `from` is 0 or past the versions: there
-    /// is nothing to append to.
+    /// unchanged (what `publish::plan_publish` does), and, with `window`, the entry of
+    /// version `from - 1` (whose manifest must then be there, not a placeholder; without,
+    /// `AppendedDoc::window` is empty). `chains` are the old documents' entry chains (full,
+    /// abbreviated). None when `from` is 0 or past the versions: there is nothing to
+    /// append to.
     #[must_use]
     pub fn render_appended(
         &self,
         base_url: &str,
         from: usize,
         chains: [u128; 2],
+        window: bool,
     ) -> Option<Appended> {
         let versions = self.versions()?;
         if from == 0 || from >= versions.len() {
@@ -318,15 +320,18 @@ impl StoredPackage {
         }
         let rev = self.rev_string();
         let part = |abbreviated: bool, chain: u128| {
-            let mut window = Vec::with_capacity(1024);
-            write_versions(
-                &mut window,
-                versions,
-                from - 1..from,
-                base_url,
-                abbreviated,
-                0,
-            );
+            let mut last = Vec::new();
+            if window {
+                last.reserve(1024);
+                write_versions(
+                    &mut last,
+                    versions,
+                    from - 1..from,
+                    base_url,
+                    abbreviated,
+                    0,
+                );
+            }
             let mut mid = Vec::with_capacity(1024);
             let entries = write_versions(
                 &mut mid,
@@ -343,7 +348,7 @@ impl StoredPackage {
                 self.write_full_tail(&mut tail, &rev);
             }
             AppendedDoc {
-                window,
+                window: last,
                 mid,
                 entries,
                 tail,
@@ -728,6 +733,20 @@ fn record_json(bytes: &[u8]) -> Result<Cow<'_, [u8]>, serde_json::Error> {
     })
 }
 
+/// What a batch of publishes to one package needs of its record (`decode_for_append`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AppendWants<'a> {
+    /// Versions whose manifests and tarball entries are decoded: those the publishes
+    /// publish, and those their dist-tags name.
+    pub versions: &'a [&'a str],
+    /// The dist-tags the publishes set: the versions the record has them name are not
+    /// needed for them.
+    pub tags: &'a [&'a str],
+    /// The revision at which the caller holds the rendered entries of the package's last
+    /// version (`served::EncodedDoc::window`): at that revision its manifest is not needed.
+    pub windows_at: Option<u64>,
+}
+
 /// The record's shape as `decode_for_append` reads it.
 #[derive(Deserialize)]
 struct AppendRecord<'a> {
@@ -740,14 +759,16 @@ struct AppendRecord<'a> {
 
 impl StoredPackage {
     /// Decodes a record for a batch of publishes: every version manifest is `null` except
-    /// those a dist-tag of the record or one of `named` names (what `publish::plan_publish`
-    /// reads when it copies the `latest` version's fields to the top) and the last one (what
-    /// `render_appended` renders again), and the manifests' bytes are kept for
+    /// those `wants` names, those the record's dist-tags name that the publishes do not set
+    /// again (what `publish::plan_publish` reads when it copies the `latest` version's
+    /// fields to the top), and the last one (what `render_appended` renders again, as the
+    /// compressor's dictionary) unless the caller holds its rendered entries at the
+    /// record's revision (`AppendWants::windows_at`); the manifests' bytes are kept for
     /// `KeptVersions::encode_with`. So are the entries of `tarballs`: only those of the
-    /// same versions are decoded (`plan_publish` reads the tarball of a version published
-    /// again, which the caller names). One pass over the record's JSON: the manifests and
-    /// tarball entries are skipped once, and their text is taken from where their entries
-    /// point. Only for planning publishes: the result must not be rendered or encoded.
+    /// versions `wants` names are decoded (`plan_publish` reads the tarball of a version
+    /// published again). One pass over the record's JSON: the manifests and tarball entries
+    /// are skipped once, and their text is taken from where their entries point. Only for
+    /// planning publishes: the result must not be rendered or encoded.
     ///
     /// # Errors
     /// The bytes are not a valid package record, its `versions` or `tarballs` is not an
@@ -755,13 +776,15 @@ impl StoredPackage {
     /// full).
     pub fn decode_for_append(
         bytes: &[u8],
-        named: &[&str],
+        wants: &AppendWants<'_>,
     ) -> Result<(StoredPackage, KeptVersions), serde_json::Error> {
         let invalid = |what: &str| <serde_json::Error as serde::de::Error>::custom(what);
         let json = record_json(bytes)?;
         let record: AppendRecord<'_> = serde_json::from_slice(&json)?;
-        let mut named: BTreeSet<String> = named.iter().map(|t| (*t).to_owned()).collect();
+        let mut named: BTreeSet<&str> = wants.versions.iter().copied().collect();
+        let tarballs_named = named.clone();
         let mut doc = Map::new();
+        let mut tagged = Vec::new();
         for (key, raw) in &record.doc.fields {
             let Some(raw) = raw else {
                 doc.insert(key.to_string(), Value::Null);
@@ -770,20 +793,26 @@ impl StoredPackage {
             let value: Value = serde_json::from_str(raw.get())?;
             if key == "dist-tags" {
                 if let Value::Object(tags) = &value {
-                    named.extend(tags.values().filter_map(Value::as_str).map(str::to_owned));
+                    tagged.extend(
+                        tags.iter()
+                            .filter(|(tag, _)| !wants.tags.contains(&tag.as_str()))
+                            .filter_map(|(_, version)| version.as_str())
+                            .map(str::to_owned),
+                    );
                 }
             }
             doc.insert(key.to_string(), value);
         }
+        named.extend(tagged.iter().map(String::as_str));
         let entries = record.doc.versions.ok_or_else(|| invalid("no versions"))?;
         let inner = entries_text(&json, &entries)
             .ok_or_else(|| invalid("the versions' entries are not where they were read"))?;
         let tarballs_inner = entries_text(&json, &record.tarballs.0)
             .ok_or_else(|| invalid("the tarballs' entries are not where they were read"))?;
-        // The last version's manifest too: an append renders its entry again, as the
-        // compressor's dictionary (`served::encode_appended`).
         if let Some((last, _)) = entries.last() {
-            named.insert((*last).to_owned());
+            if wants.windows_at != Some(record.rev) {
+                named.insert(last);
+            }
         }
         let mut versions = Map::new();
         for (version, manifest) in &entries {
@@ -799,7 +828,7 @@ impl StoredPackage {
         doc.insert("versions".into(), Value::Object(versions));
         let mut tarballs = BTreeMap::new();
         for (version, tarball) in &record.tarballs.0 {
-            if named.contains(*version) {
+            if tarballs_named.contains(*version) {
                 let tarball: TarballRef = serde_json::from_str(tarball.get())?;
                 tarballs.insert((*version).to_owned(), tarball);
             }
@@ -1257,7 +1286,11 @@ mod tests {
                 .insert("dist-tags".into(), json!({"latest": "0.0.1"}));
             let old = old.render(base);
             let chains = [old.full_entries.chain, old.abbreviated_entries.chain];
-            let appended = stored.render_appended(base, from, chains).unwrap();
+            let appended = stored.render_appended(base, from, chains, true).unwrap();
+            let without = stored.render_appended(base, from, chains, false).unwrap();
+            assert!(without.full.window.is_empty() && without.abbreviated.window.is_empty());
+            assert_eq!(without.full.mid, appended.full.mid);
+            assert_eq!(without.abbreviated.tail, appended.abbreviated.tail);
             for (old_doc, old_cut, old_entries, part, new_doc, new_cut, new_entries) in [
                 (
                     &old.full,
@@ -1297,8 +1330,8 @@ mod tests {
                 );
             }
         }
-        assert!(stored.render_appended(base, 0, [0; 2]).is_none());
-        assert!(stored.render_appended(base, count, [0; 2]).is_none());
+        assert!(stored.render_appended(base, 0, [0; 2], true).is_none());
+        assert!(stored.render_appended(base, count, [0; 2], true).is_none());
     }
 
     #[test]
@@ -1394,7 +1427,8 @@ mod tests {
             assert_eq!(StoredPackage::decode(bytes).unwrap(), stored);
             let facts = PublishFacts::decode(bytes).unwrap();
             assert_eq!(facts, PublishFacts::of(&stored));
-            let (_, kept) = StoredPackage::decode_for_append(bytes, &[]).unwrap();
+            let (_, kept) =
+                StoredPackage::decode_for_append(bytes, &AppendWants::default()).unwrap();
             assert_eq!(
                 kept.encode_with(&stored).unwrap(),
                 (sealed.clone(), Vec::new())

@@ -9,7 +9,7 @@
 //! confusion"). Its file count and unpacked size become `dist.fileCount` and
 //! `dist.unpackedSize` when the client sent none.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use serde::Deserialize;
@@ -511,15 +511,12 @@ pub fn plan_publish(
     let now = humantime::format_rfc3339_millis(now).to_string();
     let mut stored = current.unwrap_or_else(|| new_package(&request.name, user, &now));
     check_maintainer(&stored, &name, user)?;
-    let existing: BTreeSet<String> = stored
-        .versions()
-        .map(|v| v.keys().cloned().collect())
-        .unwrap_or_default();
     let mut blobs = Vec::new();
     let mut added = Vec::new();
     for mut new in request.versions {
         let version = new.version.as_str().to_owned();
-        if existing.contains(&version) {
+        // A request names each version once, so the versions seen here are the stored ones.
+        if stored.versions().is_some_and(|v| v.contains_key(&version)) {
             let same = stored
                 .tarballs
                 .get(&version)
@@ -529,7 +526,8 @@ pub fn plan_publish(
             }
             return Err(PublishError::VersionExists { name, version });
         }
-        if time_map(&stored).contains_key(&version) {
+        let time = stored.doc.get("time").and_then(Value::as_object);
+        if time.is_some_and(|t| t.contains_key(&version)) {
             return Err(PublishError::VersionReused { name, version });
         }
         let file = request.name.tarball_file(&new.version);
@@ -777,11 +775,7 @@ fn finish_manifest(
 /// Copies the descriptive fields of the `latest` version to the top of the document, as npm's
 /// registry does.
 pub(crate) fn refresh_top_level(stored: &mut StoredPackage) {
-    let latest = stored.dist_tags().get("latest").cloned();
-    let Some(manifest) = latest.and_then(|l| stored.versions()?.get(&l).cloned()) else {
-        return;
-    };
-    for field in [
+    const FIELDS: [&str; 7] = [
         "description",
         "license",
         "keywords",
@@ -789,9 +783,20 @@ pub(crate) fn refresh_top_level(stored: &mut StoredPackage) {
         "repository",
         "bugs",
         "author",
-    ] {
-        match manifest.get(field) {
-            Some(value) => stored.doc.insert(field.to_owned(), value.clone()),
+    ];
+    let latest = stored
+        .doc
+        .get("dist-tags")
+        .and_then(|tags| tags.get("latest"))
+        .and_then(Value::as_str);
+    let Some(manifest) = latest.and_then(|l| stored.versions()?.get(l)) else {
+        return;
+    };
+    // Only the fields copied, not the whole manifest.
+    let values = FIELDS.map(|field| manifest.get(field).cloned());
+    for (field, value) in FIELDS.into_iter().zip(values) {
+        match value {
+            Some(value) => stored.doc.insert(field.to_owned(), value),
             None => stored.doc.remove(field),
         };
     }
@@ -807,15 +812,6 @@ pub(crate) fn dist_tags_mut(stored: &mut StoredPackage) -> &mut Map<String, Valu
 
 pub(crate) fn time_mut(stored: &mut StoredPackage) -> &mut Map<String, Value> {
     object_mut(stored, "time")
-}
-
-fn time_map(stored: &StoredPackage) -> Map<String, Value> {
-    stored
-        .doc
-        .get("time")
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default()
 }
 
 fn object_mut<'a>(stored: &'a mut StoredPackage, key: &str) -> &'a mut Map<String, Value> {
@@ -843,6 +839,7 @@ pub(crate) fn truncate(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::packument::AppendWants;
     use proptest::prelude::*;
     use std::io::Write;
 
@@ -1032,10 +1029,17 @@ mod tests {
                 "alice",
                 now,
             );
-            // What the writer names: the versions the tags name and the one published.
+            // What the writer names: the versions the tags name and the one published, and
+            // the tags set (the record's versions for those are not decoded).
             let mut named: Vec<&str> = tags.iter().map(|(_, v)| *v).collect();
             named.push(version);
-            let (placeholder, kept) = StoredPackage::decode_for_append(&bytes, &named).unwrap();
+            let set: Vec<&str> = tags.iter().map(|(t, _)| *t).collect();
+            let wants = AppendWants {
+                versions: &named,
+                tags: &set,
+                windows_at: None,
+            };
+            let (placeholder, kept) = StoredPackage::decode_for_append(&bytes, &wants).unwrap();
             assert_eq!(kept.count(), 6);
             let fast = plan_publish(
                 Some(placeholder),
@@ -1075,16 +1079,17 @@ mod tests {
         // A record without a `versions` object is not decoded for appending.
         let mut odd = stored.clone();
         odd.doc.insert("versions".into(), serde_json::json!([]));
-        assert!(StoredPackage::decode_for_append(&odd.encode(), &[]).is_err());
+        assert!(StoredPackage::decode_for_append(&odd.encode(), &AppendWants::default()).is_err());
         odd.doc.remove("versions");
-        assert!(StoredPackage::decode_for_append(&odd.encode(), &[]).is_err());
+        assert!(StoredPackage::decode_for_append(&odd.encode(), &AppendWants::default()).is_err());
         // A version key with an escape is refused (the writer then decodes in full); a record
         // with whitespace between its tokens is read like a compact one.
         let escaped = br#"{"rev":1,"doc":{"name":"a","versions":{"1.0.\u0030":{}}},"tarballs":{}}"#;
         assert!(StoredPackage::decode(escaped).is_ok());
-        assert!(StoredPackage::decode_for_append(escaped, &[]).is_err());
+        assert!(StoredPackage::decode_for_append(escaped, &AppendWants::default()).is_err());
         let pretty = serde_json::to_vec_pretty(&stored).unwrap();
-        let (placeholder, kept) = StoredPackage::decode_for_append(&pretty, &[]).unwrap();
+        let (placeholder, kept) =
+            StoredPackage::decode_for_append(&pretty, &AppendWants::default()).unwrap();
         assert_eq!(kept.count(), 6);
         let (record, rows) = kept.encode_with(&placeholder).unwrap();
         assert!(rows.is_empty(), "no new versions");

@@ -279,6 +279,10 @@ pub struct EncodedDoc {
     /// Encoded from scratch: the value has no segments, and every segment stored for the
     /// package's earlier documents is to be dropped.
     pub fresh: bool,
+    /// The end of the document's last version entry, as rendered: the dictionary the next
+    /// append deflates with. A writer that keeps it (with the package's revision) appends
+    /// without reading or rendering that version's manifest (`encode_appended`).
+    pub window: Vec<u8>,
 }
 
 impl EncodedDoc {
@@ -294,38 +298,36 @@ impl EncodedDoc {
 #[must_use]
 pub fn encode_served(stored: &StoredPackage, base_url: &str) -> EncodedServed {
     let rendered = stored.render(base_url);
-    let full = encode_gzip_doc(
-        stored.rev,
-        &rendered.full,
-        rendered.full_cut,
-        rendered.full_entries,
-    );
-    let abbreviated = encode_gzip_doc(
-        stored.rev,
-        &rendered.abbreviated,
-        rendered.abbreviated_cut,
-        rendered.abbreviated_entries,
-    );
-    let fresh = |value| EncodedDoc {
-        value,
+    let fresh = |body: &[u8], cut: usize, entries: Entries| EncodedDoc {
+        value: encode_gzip_doc(stored.rev, body, cut, entries),
         segment: None,
         fresh: true,
+        window: window_of(&body[..cut], entries.last).to_vec(),
     };
     EncodedServed {
         index: encode_index(stored, base_url),
-        docs: [fresh(full), fresh(abbreviated)],
+        docs: [
+            fresh(&rendered.full, rendered.full_cut, rendered.full_entries),
+            fresh(
+                &rendered.abbreviated,
+                rendered.abbreviated_cut,
+                rendered.abbreviated_entries,
+            ),
+        ],
     }
 }
 
 /// Encodes the served values of `stored` from `old`, its stored documents (indexed by
 /// `DocKind::stored_index`) from when it had its first `from` versions, all still in place
-/// and unchanged (a publish only appends). Renders only the new versions, what follows
-/// them and the entry of the version before them, and deflates only the new parts: the
-/// compressed bytes before each cut are copied and nothing of the old document is inflated
-/// (its cut has the CRC-32, the entry chain and the dictionary's hash). `old` are the
-/// document values only: an append needs none of the segments before them, and closes at
-/// most one more (`SEGMENT_BYTES`). The result, assembled with the stored segments,
-/// decodes to what `encode_served` gives, though the gzip bytes differ.
+/// and unchanged (a publish only appends), and `old_index` its index then. Renders only the
+/// new versions, what follows them and, unless `windows` has them (each document's
+/// `EncodedDoc::window` from that time), the entries of the version before them; deflates
+/// only the new parts: the compressed bytes before each cut are copied and nothing of the
+/// old document is inflated (its cut has the CRC-32, the entry chain and the dictionary's
+/// hash, which a window given must match). `old` are the document values only: an append
+/// needs none of the segments before them, and closes at most one more (`SEGMENT_BYTES`).
+/// The result, assembled with the stored segments, decodes to what `encode_served` gives,
+/// though the gzip bytes differ.
 ///
 /// Bytes before a cut that are damaged are copied as they are: `fsck` finds them (by
 /// inflating every stored document), and an unpublish or a repair renders the package anew.
@@ -340,12 +342,14 @@ pub fn encode_appended(
     from: usize,
     old_index: &[u8],
     old: [&[u8]; 2],
+    windows: Option<[&[u8]; 2]>,
 ) -> Option<EncodedServed> {
     let index = index_appended(old_index, stored, base_url, from)?;
     let old = [split_doc(old[0]).ok()?, split_doc(old[1]).ok()?];
-    let appended = stored.render_appended(base_url, from, [old[0].cut.chain, old[1].cut.chain])?;
-    let one = |gzip: &SplitDoc<'_>, part: &AppendedDoc| {
-        let window = window_of(&part.window, 0);
+    let chains = [old[0].cut.chain, old[1].cut.chain];
+    let appended = stored.render_appended(base_url, from, chains, windows.is_none())?;
+    let one = |gzip: &SplitDoc<'_>, part: &AppendedDoc, kept: Option<&[u8]>| {
+        let window = kept.unwrap_or_else(|| window_of(&part.window, 0));
         if xxhash_rust::xxh3::xxh3_64(window) != gzip.cut.window {
             return None;
         }
@@ -368,10 +372,11 @@ pub fn encode_appended(
             value: head.value(&open[if close { sealed } else { 0 }..]),
             segment: close.then(|| (gzip.segments, open[..sealed].to_vec())),
             fresh: false,
+            window: window_of(&part.mid, part.entries.last).to_vec(),
         })
     };
-    let full = one(&old[0], &appended.full)?;
-    let abbreviated = one(&old[1], &appended.abbreviated)?;
+    let full = one(&old[0], &appended.full, windows.map(|w| w[0]))?;
+    let abbreviated = one(&old[1], &appended.abbreviated, windows.map(|w| w[1]))?;
     Some(EncodedServed {
         index,
         docs: [full, abbreviated],
@@ -1190,8 +1195,23 @@ mod tests {
             let fresh = encode_served(&stored, base);
             let next = match &served {
                 None => fresh.clone(),
-                Some(old) => encode_appended(&stored, base, from, &old.index, values(old))
-                    .expect("the old documents fit"),
+                Some(old) => {
+                    let rendered =
+                        encode_appended(&stored, base, from, &old.index, values(old), None)
+                            .expect("the old documents fit");
+                    // The windows the last encoding left stand for the entries before.
+                    let windows = [&old.docs[0].window[..], &old.docs[1].window[..]];
+                    let kept = encode_appended(
+                        &stored,
+                        base,
+                        from,
+                        &old.index,
+                        values(old),
+                        Some(windows),
+                    );
+                    assert_eq!(kept.as_ref(), Some(&rendered));
+                    rendered
+                }
             };
             assert_eq!(next.index, fresh.index);
             for ((kept, doc), fresh) in segments.iter_mut().zip(&next.docs).zip(&fresh.docs) {
@@ -1293,7 +1313,14 @@ mod tests {
         );
         stored.rev += 1;
         let docs = |o: &EncodedServed| [o.docs[0].value.clone(), o.docs[1].value.clone()];
-        let appended = encode_appended(&stored, "http://h", 1, &old.index, as_refs(&docs(&old)));
+        let appended = encode_appended(
+            &stored,
+            "http://h",
+            1,
+            &old.index,
+            as_refs(&docs(&old)),
+            None,
+        );
         assert_eq!(
             appended.unwrap().index,
             encode_served(&stored, "http://h").index
@@ -1305,16 +1332,31 @@ mod tests {
         let mut layout = old.index.clone();
         layout[0] = FORMAT - 1;
         for index in [&other, &two, &layout, &old.index[..9].to_vec()] {
-            assert!(encode_appended(&stored, "http://h", 1, index, as_refs(&docs(&old))).is_none());
+            assert!(
+                encode_appended(&stored, "http://h", 1, index, as_refs(&docs(&old)), None)
+                    .is_none()
+            );
         }
         assert_eq!(index_rev(&old.index), Some(7));
         assert_eq!(index_rev(&layout), None);
-        assert!(
-            encode_appended(&stored, "http://h", 0, &old.index, as_refs(&docs(&old))).is_none()
-        );
-        assert!(
-            encode_appended(&stored, "http://h", 2, &old.index, as_refs(&docs(&old))).is_none()
-        );
+        assert!(encode_appended(
+            &stored,
+            "http://h",
+            0,
+            &old.index,
+            as_refs(&docs(&old)),
+            None
+        )
+        .is_none());
+        assert!(encode_appended(
+            &stored,
+            "http://h",
+            2,
+            &old.index,
+            as_refs(&docs(&old)),
+            None
+        )
+        .is_none());
         // A gzip cut past its body, a dictionary hash that is not the last entry's, and a
         // last manifest that is a placeholder (it renders otherwise) are refused.
         let bad = docs(&old);
@@ -1322,7 +1364,7 @@ mod tests {
         // Segments the value does not have are refused, and so is a value that names some.
         let mut bad = docs(&old);
         bad[0][at + 36..at + 40].copy_from_slice(&1u32.to_le_bytes());
-        assert!(encode_appended(&stored, "http://h", 1, &old.index, as_refs(&bad)).is_none());
+        assert!(encode_appended(&stored, "http://h", 1, &old.index, as_refs(&bad), None).is_none());
         assert!(decode_doc(Bytes::from(bad[0].clone())).is_err());
         bad[0][at + 40..at + 44].copy_from_slice(&16u32.to_le_bytes());
         assert!(decode_doc(Bytes::from(bad[0].clone())).is_err());
@@ -1331,12 +1373,12 @@ mod tests {
         assert!(assemble_doc(&bad[0], &[(0, &[0; 15])]).is_err());
         let mut bad = docs(&old);
         bad[0][at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(encode_appended(&stored, "http://h", 1, &old.index, as_refs(&bad)).is_none());
+        assert!(encode_appended(&stored, "http://h", 1, &old.index, as_refs(&bad), None).is_none());
         // The cut: gzip (at), crc (at + 4), chain (at + 8), window (at + 24), then segments
         // (at + 32), closed (at + 36) and the member.
         let mut bad = docs(&old);
         bad[1][at + 24] ^= 1;
-        assert!(encode_appended(&stored, "http://h", 1, &old.index, as_refs(&bad)).is_none());
+        assert!(encode_appended(&stored, "http://h", 1, &old.index, as_refs(&bad), None).is_none());
         let mut placeholder = stored.clone();
         let Some(Value::Object(versions)) = placeholder.doc.get_mut("versions") else {
             unreachable!()
@@ -1348,7 +1390,37 @@ mod tests {
             "http://h",
             1,
             &old.index,
-            as_refs(&docs_of_old)
+            as_refs(&docs_of_old),
+            None
+        )
+        .is_none());
+        // Windows kept stand for the placeholder's entries; windows that are not those
+        // entries are refused.
+        let windows = [&old.docs[0].window[..], &old.docs[1].window[..]];
+        let kept = encode_appended(
+            &placeholder,
+            "http://h",
+            1,
+            &old.index,
+            as_refs(&docs_of_old),
+            Some(windows),
+        );
+        let rendered = encode_appended(
+            &stored,
+            "http://h",
+            1,
+            &old.index,
+            as_refs(&docs_of_old),
+            None,
+        );
+        assert_eq!(kept, rendered);
+        assert!(encode_appended(
+            &placeholder,
+            "http://h",
+            1,
+            &old.index,
+            as_refs(&docs_of_old),
+            Some([b"x", b"y"])
         )
         .is_none());
         // Damage before the cut is copied, not read: the result no longer agrees with a fresh
@@ -1356,7 +1428,8 @@ mod tests {
         let member_at = at + 40;
         let mut bad = docs(&old);
         bad[0][member_at + 16] ^= 0x55;
-        let copied = encode_appended(&stored, "http://h", 1, &old.index, as_refs(&bad)).unwrap();
+        let copied =
+            encode_appended(&stored, "http://h", 1, &old.index, as_refs(&bad), None).unwrap();
         let fresh_full = doc_of(&encode_served(&stored, "http://h").docs[0].value);
         let fresh_identity = identity_doc(&fresh_full).unwrap().body;
         assert!(copied.docs[0].segment.is_none());
@@ -1369,12 +1442,26 @@ mod tests {
         let mut tail_damaged = docs(&old);
         let last = tail_damaged[0].len() - 9;
         tail_damaged[0][last] ^= 0x55;
-        let fresh =
-            encode_appended(&stored, "http://h", 1, &old.index, as_refs(&docs(&old))).unwrap();
-        let mended =
-            encode_appended(&stored, "http://h", 1, &old.index, as_refs(&tail_damaged)).unwrap();
+        let fresh = encode_appended(
+            &stored,
+            "http://h",
+            1,
+            &old.index,
+            as_refs(&docs(&old)),
+            None,
+        )
+        .unwrap();
+        let mended = encode_appended(
+            &stored,
+            "http://h",
+            1,
+            &old.index,
+            as_refs(&tail_damaged),
+            None,
+        )
+        .unwrap();
         assert_eq!(mended, fresh);
-        assert!(encode_appended(&stored, "http://h", 1, &old.index, [b"", b""]).is_none());
+        assert!(encode_appended(&stored, "http://h", 1, &old.index, [b"", b""], None).is_none());
         // fsck's check: a sound gzip form agrees; a moved sync point or other bytes do not.
         let sound = doc_of(&old.docs[0].value);
         let identity = identity_doc(&sound).unwrap().body;

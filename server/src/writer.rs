@@ -358,6 +358,7 @@ fn run(shard: &ShardStore, blobs: &BlobStore, inbox: &Inbox, idle_release_secs: 
             None => selector.wait(),
             Some(limit) => {
                 let Ok(event) = selector.wait_timeout(limit) else {
+                    shard.release_memory();
                     release.idle();
                     continue;
                 };

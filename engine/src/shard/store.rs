@@ -25,11 +25,11 @@ use super::{ShardId, ShardReader};
 use crate::blob::{self, BlobError, BlobId, BlobStore};
 use crate::limits::{INLINE_BLOB_BYTES_MAX, INLINE_BLOB_SPACE_FACTOR};
 use crate::names::{DistTag, PackageName, Version};
-use crate::packument::{KeptVersions, ManifestRows, PublishFacts, StoredPackage};
+use crate::packument::{AppendWants, KeptVersions, ManifestRows, PublishFacts, StoredPackage};
 use crate::publish::{self, Plan, PublishError, PublishRequest};
 use crate::served::{
-    doc_rev, encode_appended, encode_served, index_rev, DocKind, EncodedServed, ServedDoc,
-    ServedIndex, FORMAT as SERVED_FORMAT,
+    doc_rev, encode_appended, encode_served, index_rev, DocKind, EncodedDoc, EncodedServed,
+    ServedDoc, ServedIndex, FORMAT as SERVED_FORMAT,
 };
 use crate::update::{self, UpdateRequest};
 
@@ -277,6 +277,9 @@ pub struct ShardStore {
     /// Held across each `commit_visible`.
     commit_lock: std::sync::Mutex<()>,
     poisoned: AtomicBool,
+    /// The writer's dictionaries for the next append to recently written packages (only
+    /// `apply_batch` and `release_memory`, on the writer's thread, take the lock).
+    windows: std::sync::Mutex<Windows>,
 }
 
 impl std::fmt::Debug for ShardStore {
@@ -338,6 +341,7 @@ impl ShardStore {
             generation: AtomicU64::new(0),
             commit_lock: std::sync::Mutex::new(()),
             poisoned: AtomicBool::new(false),
+            windows: std::sync::Mutex::default(),
         };
         store.prepare(base_url).map_err(storage)?;
         Ok(store)
@@ -669,6 +673,15 @@ impl ShardStore {
         FreeSpace::read(self.id.0, &self.path, blobs.root())
     }
 
+    /// Drops what the writer keeps between batches to make publishes cheaper (the next
+    /// append's dictionaries): called by the writer when it idles.
+    pub fn release_memory(&self) {
+        self.windows
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+    }
+
     /// Commits an empty transaction that records redb's allocator state ("quick repair"), so
     /// that the next open, after this process exits without closing the database, loads that
     /// state instead of rebuilding it by walking and verifying every tree (seconds at 100,000
@@ -719,22 +732,30 @@ impl ShardStore {
         Ok(names)
     }
 
-    /// `name`'s record for a batch: for a package only publishes touch (`tags`: the versions
-    /// they name), decoded without its old manifests and tarball entries, which go to `kept`
-    /// (`StoredPackage::decode_for_append`); otherwise, or when that decode fails, in full.
+    /// `name`'s record for a batch: for a package only publishes touch (`named`: the
+    /// versions and tags they name), decoded without its old manifests and tarball entries,
+    /// which go to `kept` (`StoredPackage::decode_for_append`; nor the last version's
+    /// manifest when `windows` has its entries); otherwise, or when that decode fails, in
+    /// full.
     fn read_for_batch(
-        &self,
         txn: &redb::WriteTransaction,
         name: &str,
-        tags: Option<&Vec<String>>,
+        named: Option<&PublishNames>,
+        windows: &Windows,
         kept: &mut HashMap<String, KeptVersions>,
     ) -> Result<Option<StoredPackage>, WriteError> {
-        let Some(tags) = tags else {
+        let Some(named) = named else {
             return read_in_txn(txn, name);
         };
-        let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
+        let versions: Vec<&str> = named.versions.iter().map(String::as_str).collect();
+        let tags: Vec<&str> = named.tags.iter().map(String::as_str).collect();
+        let wants = AppendWants {
+            versions: &versions,
+            tags: &tags,
+            windows_at: windows.rev(name),
+        };
         let read = read_in_txn_with(txn, name, |bytes| {
-            match StoredPackage::decode_for_append(bytes, &tags) {
+            match StoredPackage::decode_for_append(bytes, &wants) {
                 Ok((stored, versions)) => Ok((stored, Some(versions))),
                 Err(_) => StoredPackage::decode(bytes).map(|stored| (stored, None)),
             }
@@ -831,6 +852,10 @@ impl ShardStore {
         // written back with those manifests' bytes (`KeptVersions::encode_with`).
         let publish_only = publish_only(&ops);
         let mut kept: HashMap<String, KeptVersions> = HashMap::new();
+        let mut windows = self
+            .windows
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for op in ops {
             let name = op.package().as_str().to_owned();
             let publish = matches!(
@@ -840,7 +865,8 @@ impl ShardStore {
             let current = match touched.get(&name) {
                 Some(stored) => Some(stored.clone()),
                 None => {
-                    match self.read_for_batch(&txn, &name, publish_only.get(&name), &mut kept) {
+                    let named = publish_only.get(&name);
+                    match Self::read_for_batch(&txn, &name, named, &windows, &mut kept) {
                         Ok(current) => {
                             if !publish_only.contains_key(&name) {
                                 before
@@ -933,6 +959,7 @@ impl ShardStore {
             packages: &touched,
             appendable: &appendable,
             kept: &kept,
+            windows: &windows,
         };
         let (blob_results, (mut encoded, unencodable)) = if items.is_empty() {
             // Prepared publishes, inline-sized tarballs and metadata changes: no thread to
@@ -1018,7 +1045,15 @@ impl ShardStore {
         let committed =
             written.and_then(|()| self.commit_visible(txn).map_err(|e| storage(e.into())));
         match committed {
-            Ok(()) => results,
+            Ok(()) => {
+                for package in encoded {
+                    match package.served {
+                        Some((served, rev)) => windows.put(&package.name, rev, served.docs),
+                        None => windows.remove(&package.name),
+                    }
+                }
+                results
+            }
             Err(e) => {
                 // Fail-stop: the file's state after a failed commit is not trusted further.
                 self.poisoned.store(true, Ordering::Release);
@@ -1176,7 +1211,7 @@ fn inline_changes(
     encoded: &[EncodedPackage],
     touched: &HashMap<String, StoredPackage>,
     before: &HashMap<String, BlobsNamed>,
-    publish_only: &HashMap<String, Vec<String>>,
+    publish_only: &HashMap<String, PublishNames>,
     pending: BTreeMap<u64, (String, Vec<u8>)>,
 ) -> InlineChanges {
     let mut named = BTreeSet::new();
@@ -1331,6 +1366,60 @@ fn read_in_txn_with<T>(
     }
 }
 
+/// The dictionary of the next append to each package the writer wrote lately, both
+/// documents' (`EncodedDoc::window`), with the package's revision: a publish to it then
+/// neither reads nor renders the manifest of the version before it
+/// (`StoredPackage::decode_for_append`, `served::encode_appended`, which checks a window
+/// against the document's cut). Bounded by `WINDOWS_BYTES_MAX` (dropped whole when full)
+/// and emptied when the writer idles.
+#[derive(Debug, Default)]
+struct Windows {
+    by_name: HashMap<Box<str>, (u64, [Vec<u8>; 2])>,
+    bytes: usize,
+}
+
+/// What `Windows` holds at most, per shard: a window is at most 8 KiB (the compressor's
+/// dictionary), typically 0.5-2 KiB, so thousands of packages publishing at once.
+const WINDOWS_BYTES_MAX: usize = 8 << 20;
+
+impl Windows {
+    /// The revision `name`'s windows are for.
+    fn rev(&self, name: &str) -> Option<u64> {
+        self.by_name.get(name).map(|(rev, _)| *rev)
+    }
+
+    /// `name`'s windows when they are for revision `rev`.
+    fn get(&self, name: &str, rev: u64) -> Option<&[Vec<u8>; 2]> {
+        match self.by_name.get(name) {
+            Some((at, windows)) if *at == rev => Some(windows),
+            _ => None,
+        }
+    }
+
+    /// Keeps the windows of `docs`, just committed at revision `rev`.
+    fn put(&mut self, name: &str, rev: u64, docs: [EncodedDoc; 2]) {
+        self.remove(name);
+        let windows = docs.map(|doc| doc.window);
+        let bytes = name.len() + windows.iter().map(Vec::len).sum::<usize>();
+        if self.bytes + bytes > WINDOWS_BYTES_MAX {
+            self.clear();
+        }
+        self.bytes += bytes;
+        self.by_name.insert(name.into(), (rev, windows));
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Some((_, windows)) = self.by_name.remove(name) {
+            self.bytes -= name.len() + windows.iter().map(Vec::len).sum::<usize>();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.by_name = HashMap::new();
+        self.bytes = 0;
+    }
+}
+
 /// One touched package's records, encoded for the commit.
 struct EncodedPackage {
     name: String,
@@ -1350,24 +1439,34 @@ struct Touched<'a> {
     appendable: &'a HashMap<String, Option<(usize, u64)>>,
     /// Packages planned on `decode_for_append`: old manifests are placeholders.
     kept: &'a HashMap<String, KeptVersions>,
+    /// The dictionaries of the writer's last encodings.
+    windows: &'a Windows,
 }
 
-/// Each package's name, with the versions its publishes name (those they publish and those
-/// their dist-tags name), when every op on it in `ops` is a publish.
-fn publish_only(ops: &[WriteOp]) -> HashMap<String, Vec<String>> {
-    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+/// What the publishes to one package name.
+#[derive(Debug, Default)]
+struct PublishNames {
+    /// The versions they publish and those their dist-tags name.
+    versions: Vec<String>,
+    /// The dist-tags they set.
+    tags: Vec<String>,
+}
+
+/// Each package's name, with what its publishes name, when every op on it in `ops` is a
+/// publish.
+fn publish_only(ops: &[WriteOp]) -> HashMap<String, PublishNames> {
+    let mut out: HashMap<String, PublishNames> = HashMap::new();
     let mut other: BTreeSet<&str> = BTreeSet::new();
     for op in ops {
         match op {
             WriteOp::Publish { request, .. } | WriteOp::PublishPrepared { request, .. } => {
                 let named = out.entry(request.name.as_str().to_owned()).or_default();
-                named.extend(request.dist_tags.iter().map(|(_, v)| v.as_str().to_owned()));
-                named.extend(
-                    request
-                        .versions
-                        .iter()
-                        .map(|v| v.version.as_str().to_owned()),
-                );
+                for (tag, version) in &request.dist_tags {
+                    named.tags.push(tag.as_str().to_owned());
+                    named.versions.push(version.as_str().to_owned());
+                }
+                let published = request.versions.iter().map(|v| v.version.as_str());
+                named.versions.extend(published.map(str::to_owned));
             }
             other_op => {
                 other.insert(other_op.package().as_str());
@@ -1419,12 +1518,15 @@ fn encode_touched(
             }
             old.push(value);
         }
+        let windows = touched.windows.get(name, rev);
+        let windows = windows.map(|[full, abbreviated]| [&full[..], &abbreviated[..]]);
         encode_appended(
             stored,
             base_url,
             from,
             old[0].value(),
             [old[1].value(), old[2].value()],
+            windows,
         )
     };
     let mut encoded = Vec::with_capacity(touched.packages.len());
