@@ -67,33 +67,21 @@ fn bench_packument(c: &mut Criterion) {
     group.bench_function("encode_appended_301v", |b| {
         b.iter(|| encode_appended(black_box(&grown), BASE_URL, 300, &encoded.index, old, None));
     });
-    group.bench_function("encode_appended_302v_segmented", |b| {
-        b.iter(|| {
-            encode_appended(
-                black_box(&grown_again),
-                BASE_URL,
-                301,
-                &appended.index,
-                open,
-                None,
-            )
-        });
-    });
-    // The same append by a writer that kept the dictionaries of its last encoding: the
-    // version before is neither decoded nor rendered (what consecutive publishes do).
+    // `_windows`: the same append by a writer that kept the dictionaries of its last
+    // encoding, so the version before is neither decoded nor rendered (what consecutive
+    // publishes do).
     let windows = [&appended.docs[0].window[..], &appended.docs[1].window[..]];
-    group.bench_function("encode_appended_302v_windows", |b| {
-        b.iter(|| {
-            encode_appended(
-                black_box(&grown_again),
-                BASE_URL,
-                301,
-                &appended.index,
-                open,
-                Some(windows),
-            )
+    for (name, kept) in [
+        ("encode_appended_302v_segmented", None),
+        ("encode_appended_302v_windows", Some(windows)),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let grown = black_box(&grown_again);
+                encode_appended(grown, BASE_URL, 301, &appended.index, open, kept)
+            });
         });
-    });
+    }
     group.finish();
 
     // The package record, decoded and encoded again by every write to the package.

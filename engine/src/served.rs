@@ -1313,14 +1313,11 @@ mod tests {
         );
         stored.rev += 1;
         let docs = |o: &EncodedServed| [o.docs[0].value.clone(), o.docs[1].value.clone()];
-        let appended = encode_appended(
-            &stored,
-            "http://h",
-            1,
-            &old.index,
-            as_refs(&docs(&old)),
-            None,
-        );
+        // An append onto `old`'s index and the given document values.
+        let append = |stored: &StoredPackage, from, docs: &[Vec<u8>; 2], windows| {
+            encode_appended(stored, "http://h", from, &old.index, as_refs(docs), windows)
+        };
+        let appended = append(&stored, 1, &docs(&old), None);
         assert_eq!(
             appended.unwrap().index,
             encode_served(&stored, "http://h").index
@@ -1339,24 +1336,8 @@ mod tests {
         }
         assert_eq!(index_rev(&old.index), Some(7));
         assert_eq!(index_rev(&layout), None);
-        assert!(encode_appended(
-            &stored,
-            "http://h",
-            0,
-            &old.index,
-            as_refs(&docs(&old)),
-            None
-        )
-        .is_none());
-        assert!(encode_appended(
-            &stored,
-            "http://h",
-            2,
-            &old.index,
-            as_refs(&docs(&old)),
-            None
-        )
-        .is_none());
+        assert!(append(&stored, 0, &docs(&old), None).is_none());
+        assert!(append(&stored, 2, &docs(&old), None).is_none());
         // A gzip cut past its body, a dictionary hash that is not the last entry's, and a
         // last manifest that is a placeholder (it renders otherwise) are refused.
         let bad = docs(&old);
@@ -1364,7 +1345,7 @@ mod tests {
         // Segments the value does not have are refused, and so is a value that names some.
         let mut bad = docs(&old);
         bad[0][at + 36..at + 40].copy_from_slice(&1u32.to_le_bytes());
-        assert!(encode_appended(&stored, "http://h", 1, &old.index, as_refs(&bad), None).is_none());
+        assert!(append(&stored, 1, &bad, None).is_none());
         assert!(decode_doc(Bytes::from(bad[0].clone())).is_err());
         bad[0][at + 40..at + 44].copy_from_slice(&16u32.to_le_bytes());
         assert!(decode_doc(Bytes::from(bad[0].clone())).is_err());
@@ -1373,63 +1354,32 @@ mod tests {
         assert!(assemble_doc(&bad[0], &[(0, &[0; 15])]).is_err());
         let mut bad = docs(&old);
         bad[0][at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(encode_appended(&stored, "http://h", 1, &old.index, as_refs(&bad), None).is_none());
+        assert!(append(&stored, 1, &bad, None).is_none());
         // The cut: gzip (at), crc (at + 4), chain (at + 8), window (at + 24), then segments
         // (at + 32), closed (at + 36) and the member.
         let mut bad = docs(&old);
         bad[1][at + 24] ^= 1;
-        assert!(encode_appended(&stored, "http://h", 1, &old.index, as_refs(&bad), None).is_none());
+        assert!(append(&stored, 1, &bad, None).is_none());
         let mut placeholder = stored.clone();
         let Some(Value::Object(versions)) = placeholder.doc.get_mut("versions") else {
             unreachable!()
         };
         versions.insert("1.0.0".into(), Value::Null);
         let docs_of_old = docs(&old);
-        assert!(encode_appended(
-            &placeholder,
-            "http://h",
-            1,
-            &old.index,
-            as_refs(&docs_of_old),
-            None
-        )
-        .is_none());
+        assert!(append(&placeholder, 1, &docs_of_old, None).is_none());
         // Windows kept stand for the placeholder's entries; windows that are not those
         // entries are refused.
         let windows = [&old.docs[0].window[..], &old.docs[1].window[..]];
-        let kept = encode_appended(
-            &placeholder,
-            "http://h",
-            1,
-            &old.index,
-            as_refs(&docs_of_old),
-            Some(windows),
-        );
-        let rendered = encode_appended(
-            &stored,
-            "http://h",
-            1,
-            &old.index,
-            as_refs(&docs_of_old),
-            None,
-        );
+        let kept = append(&placeholder, 1, &docs_of_old, Some(windows));
+        let rendered = append(&stored, 1, &docs_of_old, None);
         assert_eq!(kept, rendered);
-        assert!(encode_appended(
-            &placeholder,
-            "http://h",
-            1,
-            &old.index,
-            as_refs(&docs_of_old),
-            Some([b"x", b"y"])
-        )
-        .is_none());
+        assert!(append(&placeholder, 1, &docs_of_old, Some([b"x", b"y"])).is_none());
         // Damage before the cut is copied, not read: the result no longer agrees with a fresh
         // encoding, which is how fsck finds it.
         let member_at = at + 40;
         let mut bad = docs(&old);
         bad[0][member_at + 16] ^= 0x55;
-        let copied =
-            encode_appended(&stored, "http://h", 1, &old.index, as_refs(&bad), None).unwrap();
+        let copied = append(&stored, 1, &bad, None).unwrap();
         let fresh_full = doc_of(&encode_served(&stored, "http://h").docs[0].value);
         let fresh_identity = identity_doc(&fresh_full).unwrap().body;
         assert!(copied.docs[0].segment.is_none());
@@ -1442,24 +1392,8 @@ mod tests {
         let mut tail_damaged = docs(&old);
         let last = tail_damaged[0].len() - 9;
         tail_damaged[0][last] ^= 0x55;
-        let fresh = encode_appended(
-            &stored,
-            "http://h",
-            1,
-            &old.index,
-            as_refs(&docs(&old)),
-            None,
-        )
-        .unwrap();
-        let mended = encode_appended(
-            &stored,
-            "http://h",
-            1,
-            &old.index,
-            as_refs(&tail_damaged),
-            None,
-        )
-        .unwrap();
+        let fresh = append(&stored, 1, &docs(&old), None).unwrap();
+        let mended = append(&stored, 1, &tail_damaged, None).unwrap();
         assert_eq!(mended, fresh);
         assert!(encode_appended(&stored, "http://h", 1, &old.index, [b"", b""], None).is_none());
         // fsck's check: a sound gzip form agrees; a moved sync point or other bytes do not.
